@@ -1,0 +1,108 @@
+"""Shard IO shared by every stage: atomic writes, WebDataset tar writing and streaming reads."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+import uuid
+from typing import Iterator
+
+import webdataset as wds
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# Fixed member mtime: same samples -> byte-identical tar, whenever it is written.
+TAR_MTIME = 0
+
+
+def sample_key(index: int) -> str:
+    """img2dataset's key form: zero-padded digits, no dots (WebDataset splits names at the first dot)."""
+    return f"{index:09d}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temp name beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A killed run therefore never leaves a truncated file under a final name.
+    """
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def dumps_json(obj) -> bytes:
+    """Stable JSON bytes (sorted keys, UTF-8) so outputs are byte-identical across runs."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def write_tar(path: str, members: list[tuple[str, dict]]) -> None:
+    """Write ``[(key, {ext: bytes|str|dict})]`` as a WebDataset tar, atomically and reproducibly."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as writer:
+            for key, fields in members:
+                sample = {"__key__": key}
+                for ext, value in fields.items():
+                    if isinstance(value, dict):
+                        value = dumps_json(value)
+                    elif isinstance(value, str):
+                        value = value.encode("utf-8")
+                    sample[ext] = value
+                writer.write(sample)
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``dir/KEY.ext.more`` -> (``dir/KEY``, ``ext.more``), as WebDataset groups members."""
+    base = os.path.basename(name)
+    if "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    prefix = os.path.dirname(name)
+    return (f"{prefix}/{stem}" if prefix else stem), ext.lower()
+
+
+class TarReadError(Exception):
+    """The tar stream ended badly; samples read before the error were already yielded."""
+
+
+def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream ``(key, {ext: bytes})`` from a WebDataset tar, one sample at a time.
+
+    Only regular files count: directories, links and devices are skipped, so a hostile tar
+    cannot point a reader anywhere. Raises TarReadError when the stream is corrupt or truncated.
+    """
+    current_key, fields = None, {}
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                parts = split_member_name(member.name)
+                if parts is None:
+                    continue
+                key, ext = parts
+                data = tar.extractfile(member).read()
+                if key != current_key:
+                    if current_key is not None:
+                        yield current_key, fields
+                    current_key, fields = key, {}
+                fields[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if current_key is not None:
+            yield current_key, fields
+        raise TarReadError(f"{path}: {type(e).__name__}: {e}") from e
+    if current_key is not None:
+        yield current_key, fields
+
+
+def sample_json(fields: dict[str, bytes]) -> dict:
+    """A sample's ``json`` member as a dict; {} when absent or not a JSON object."""
+    try:
+        meta = json.loads(fields.get("json", b"{}"))
+        return meta if isinstance(meta, dict) else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
