@@ -1,0 +1,131 @@
+"""Pipeline configs: YAML files in configs/ hold the defaults, a schema here holds what is allowed.
+
+A config is a flat mapping of dotted keys (``filters.min_image_size``) to values. The pipeline's
+YAML file gives every key its default; a user file (``--config``) and ``--set key=value`` override
+them. Every key and value is checked before any work starts, and a problem is reported as one line
+that names the key and what it allows.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """What one config key accepts."""
+    kind: type                      # int, float, bool, str
+    help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+
+    def describe(self) -> str:
+        noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[self.kind]
+        if self.choices:
+            noun = "one of " + ", ".join(map(str, self.choices))
+        bounds = []
+        if self.min is not None:
+            bounds.append(f">= {self.min}")
+        if self.max is not None:
+            bounds.append(f"<= {self.max}")
+        if bounds:
+            noun += " " + " and ".join(bounds)
+        return noun + (" or null" if self.nullable else "")
+
+    def check(self, key: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        ok = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if ok and self.choices and value not in self.choices:
+            ok = False
+        if ok and self.min is not None and value < self.min:
+            ok = False
+        if ok and self.max is not None and value > self.max:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+        return value
+
+
+Schema = dict[str, Option]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _unknown(key: str, schema: Schema) -> ConfigError:
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = sorted(k for k in schema if k.startswith(section) and "." not in k[len(section):])
+    allowed = ", ".join(siblings or sorted(schema))
+    return ConfigError(f"config error: unknown key {key!r}; allowed{' under ' + section[:-1] if siblings and section else ''}: {allowed}")
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config error: config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config error: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping of keys to values")
+    return flatten(tree)
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (so 0.3, true, null and [a, b] mean what they say)."""
+    if "=" not in item:
+        raise ConfigError(f"config error: --set takes key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load(pipeline: str, schema: Schema, config_file: str | None = None,
+         overrides: list[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults from configs/PIPELINE.yaml, then the user's file, then --set, then CLI flags."""
+    config = read_yaml(CONFIG_DIR / f"{pipeline}.yaml")
+    layers = [read_yaml(config_file)] if config_file else []
+    layers.append(dict(parse_set(item) for item in overrides))
+    layers.append({k: v for k, v in (extra or {}).items() if v is not None})
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in schema:
+                raise _unknown(key, schema)
+            config[key] = value
+    for key in schema:
+        if key not in config:
+            raise ConfigError(f"config error: {key} has no value (configs/{pipeline}.yaml should set it)")
+    return {key: schema[key].check(key, config[key]) for key in schema}
+
+
+def section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """``section(cfg, 'filters')`` -> {'min_image_size': 200, ...}."""
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}

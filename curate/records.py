@@ -1,0 +1,87 @@
+"""Sample and decision records: what flows between stages and what the decisions table holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+# Stages, in pipeline order; a decision row names the stage that made it.
+READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE = (
+    "read", "decode", "basic_filter", "clip_score", "exact_dedup", "near_dedup", "write")
+STAGES = (READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE)
+
+
+@dataclass
+class RawSample:
+    """One sample as read from a raw shard: its members' bytes, keyed by extension."""
+    key: str
+    shard_index: int
+    shard_path: str
+    member_index: int
+    fields: dict[str, bytes]
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.shard_index, self.member_index)
+
+
+@dataclass
+class Sample:
+    """A sample's metadata once decoded: no image bytes, so it is cheap to group and shuffle."""
+    key: str
+    shard_index: int
+    shard_path: str
+    member_index: int
+    image_ext: str | None = None
+    caption: str | None = None
+    language: str | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    clip_score: float | None = None
+    image_embedding: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Input order: where the sample sat in the input, independent of processing order."""
+        return (self.shard_index, self.member_index)
+
+
+DECISION_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("source_shard", pa.string()),
+    ("source_index", pa.int64()),
+    ("kept", pa.bool_()),
+    ("reason", pa.string()),          # null when kept
+    ("stage", pa.string()),
+    ("detail", pa.string()),          # e.g. the decoder's error message
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("language", pa.string()),
+    ("caption_chars", pa.int32()),
+    ("sha256", pa.string()),
+    ("clip_score", pa.float32()),
+    ("clip_threshold", pa.float32()),
+    ("dup_group", pa.string()),       # exact: "sha256:<hex>"; near: "near:<kept key>"
+    ("kept_instead", pa.string()),    # for a dropped duplicate: the key kept in its place
+    ("dup_similarity", pa.float32()),  # cosine to the kept sample (near duplicates)
+])
+
+
+def decision(sample: Sample | RawSample, kept: bool, stage: str, reason: str | None = None,
+             **values) -> dict:
+    """A decisions-table row for ``sample``; ``values`` fill the columns behind the decision."""
+    row = {name: None for name in DECISION_SCHEMA.names}
+    row.update(key=sample.key, source_shard=sample.shard_path, source_index=sample.member_index,
+               kept=kept, reason=reason, stage=stage)
+    if isinstance(sample, Sample):
+        row.update(width=sample.width, height=sample.height, language=sample.language,
+                   caption_chars=None if sample.caption is None else len(sample.caption),
+                   sha256=sample.sha256, clip_score=sample.clip_score)
+    unknown = set(values) - set(row)
+    if unknown:
+        raise KeyError(f"not decision columns: {sorted(unknown)}")
+    row.update(values)
+    row["_shard_index"] = sample.shard_index  # routing only; not written
+    return row

@@ -1,0 +1,70 @@
+"""All per-sample checks in order, as one pure function: raw members in, metadata plus a verdict out."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from PIL import Image
+
+from curate.io import IMAGE_EXTS, sample_json
+from curate.records import BASIC_FILTER, DECODE, RawSample, Sample
+from filters import basic
+from filters.image import MISSING_IMAGE, decode_image
+
+MISSING_CAPTION = "missing_caption"
+CAPTION_NOT_UTF8 = "caption_not_utf8"
+
+
+@dataclass(frozen=True)
+class BasicFilterParams:
+    """DataComp's basic-filter defaults (see filters/basic.py)."""
+    min_image_size: int = 200
+    max_aspect_ratio: float = 3.0
+    min_caption_words: int = 3
+    min_caption_chars: int = 6
+    boilerplate_captions: bool = True
+    max_image_pixels: int = 89_478_485
+
+
+@dataclass
+class Verdict:
+    sample: Sample
+    image: Image.Image | None = None   # decoded RGB image when the sample passed
+    reason: str | None = None
+    stage: str | None = None
+    detail: str | None = None
+
+
+
+def check_sample(raw: RawSample, params: BasicFilterParams) -> Verdict:
+    """Decode the image and apply the basic filters; the first failing check gives the reason."""
+    image_ext = next((ext for ext in IMAGE_EXTS if ext in raw.fields), None)
+    data = raw.fields.get(image_ext) if image_ext else None
+    meta = sample_json(raw.fields)
+    sample = Sample(key=raw.key, shard_index=raw.shard_index, shard_path=raw.shard_path,
+                    member_index=raw.member_index, image_ext=image_ext,
+                    language=meta.get("language") if isinstance(meta.get("language"), str) else None,
+                    sha256=hashlib.sha256(data).hexdigest() if data else None)
+    if "txt" not in raw.fields:
+        return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE)
+    try:
+        sample.caption = raw.fields["txt"].decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
+    if data is None:
+        return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE)
+    decoded = decode_image(data, params.max_image_pixels)
+    sample.width, sample.height = decoded.width, decoded.height
+    if decoded.reason:
+        return Verdict(sample, reason=decoded.reason, stage=DECODE, detail=decoded.detail)
+    checks = [
+        lambda: basic.image_too_small(sample.width, sample.height, params.min_image_size),
+        lambda: basic.extreme_aspect_ratio(sample.width, sample.height, params.max_aspect_ratio),
+        lambda: basic.caption_too_short(sample.caption, params.min_caption_words, params.min_caption_chars),
+        lambda: basic.boilerplate_caption(sample.caption) if params.boilerplate_captions else None,
+    ]
+    for check in checks:
+        reason = check()
+        if reason:
+            return Verdict(sample, reason=reason, stage=BASIC_FILTER)
+    return Verdict(sample, image=decoded.image)
