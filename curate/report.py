@@ -1,0 +1,66 @@
+"""report.json and the closing summary: what was kept, what was dropped and why, and where time went."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter
+
+import pyarrow.parquet as pq
+
+from curate.io import atomic_path
+
+
+def count_decisions(decisions_dir: str) -> dict:
+    """Counts from OUT/decisions/*.parquet; shard-level rows (unreadable tars) are not samples."""
+    reasons, stages = Counter(), Counter()
+    kept = samples = shard_errors = 0
+    for path in sorted(glob.glob(os.path.join(decisions_dir, "*.parquet"))):
+        table = pq.read_table(path, columns=["source_index", "kept", "reason", "stage"]).to_pydict()
+        for index, k, reason, stage in zip(table["source_index"], table["kept"], table["reason"], table["stage"]):
+            if index < 0:
+                shard_errors += 1
+                continue
+            samples += 1
+            if k:
+                kept += 1
+            else:
+                reasons[reason] += 1
+                stages[stage] += 1
+    return {"input": samples, "kept": kept, "dropped": samples - kept,
+            "dropped_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "dropped_by_stage": dict(sorted(stages.items())), "unreadable_shards": shard_errors}
+
+
+def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_seconds: float,
+                 stage_seconds: dict, shards: dict, runner: str) -> dict:
+    report = {
+        "pipeline": pipeline,
+        "counts": counts,
+        "shards": {"count": len(shards), "samples": sum(shards.values())},
+        "time": {"wall_seconds": round(wall_seconds, 2),
+                 "samples_per_second": round(counts["input"] / wall_seconds, 1) if wall_seconds else None,
+                 # summed over workers: where the work went, not elapsed time
+                 "stage_cpu_seconds": {k: round(v, 2) for k, v in sorted(stage_seconds.items())}},
+        "runner": runner,
+        "config": config,
+    }
+    with atomic_path(os.path.join(out_dir, "report.json")) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=False)
+    return report
+
+
+def summary(report: dict, out_dir: str) -> str:
+    c = report["counts"]
+    pct = (lambda n: f"{100 * n / c['input']:.1f}%") if c["input"] else (lambda n: "-")
+    lines = [f"{report['pipeline']}: {c['input']} samples in, {c['kept']} kept ({pct(c['kept'])}), "
+             f"{c['dropped']} dropped, in {report['time']['wall_seconds']:.1f}s "
+             f"({report['time']['samples_per_second']} samples/s)"]
+    for reason, n in c["dropped_by_reason"].items():
+        lines.append(f"  dropped {reason:<24} {n:>8}  {pct(n)}")
+    if c["unreadable_shards"]:
+        lines.append(f"  unreadable shards: {c['unreadable_shards']} (see decisions, stage 'read')")
+    lines.append(f"  {report['shards']['count']} curated shards in {os.path.join(out_dir, 'shards')}; "
+                 f"decisions in {os.path.join(out_dir, 'decisions')}; report {os.path.join(out_dir, 'report.json')}")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Command line: ``python -m curate.run --pipeline NAME [options] [Beam pipeline options]``.
+
+Everything the CLI does not know itself (``--runner``, ``--direct_num_workers``, ``--project`` ...)
+goes to Beam unchanged. Without ``--runner`` the pipeline runs on Beam's FnApiRunner, the local
+runner that needs no network (Beam's default first tries to download the Prism runner).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import shutil
+import sys
+import time
+
+from curate import config as config_lib
+from curate.models.clip import ModelLoadError, validate
+
+log = logging.getLogger("curate")
+
+PIPELINES = {"laion_filter": "pipelines.laion_filter"}
+DEFAULT_RUNNER = "FnApiRunner"
+# What a run writes under its output folder; --overwrite removes exactly these, nothing else.
+RUN_OUTPUTS = ("shards", "decisions", "report.json")
+
+
+class UsageError(Exception):
+    """A problem found before any work; printed as one line."""
+
+
+def _pipeline_module(name: str):
+    if name not in PIPELINES:
+        raise UsageError(f"unknown pipeline {name!r}; choose one of: {', '.join(sorted(PIPELINES))}")
+    return importlib.import_module(PIPELINES[name])
+
+
+def _epilog() -> str:
+    lines = ["pipelines (default config in configs/NAME.yaml):"]
+    for name, module in sorted(PIPELINES.items()):
+        lines.append(f"  {name:<14} {importlib.import_module(module).DESCRIPTION}")
+        lines.append(f"  {'':<14} config: {config_lib.CONFIG_DIR / (name + '.yaml')}")
+    lines.append("Any other --flag is a Beam pipeline option, e.g. --runner=DirectRunner "
+                 "--direct_running_mode=multi_processing --direct_num_workers=2.")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m curate.run", description=__doc__.split("\n")[0],
+                                 epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", required=True, help="which pipeline to run (listed below)")
+    ap.add_argument("--config", help="YAML file overriding the pipeline's default config")
+    ap.add_argument("--input", help="raw shards: a folder, a glob or a .tar (default: the built-in sample corpus)")
+    ap.add_argument("--output", help="output folder (default from the config)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key, e.g. --set select.clip_threshold=0.3 (repeatable)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the outputs of an earlier run in the output folder")
+    return ap.parse_known_args(argv)
+
+
+def prepare_output(out: str, overwrite: bool) -> None:
+    """Refuse to mix two runs' outputs; never touch anything but this run's own output names."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {out!r}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"output folder {out!r} is not writable")
+    existing = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if existing and not overwrite:
+        raise UsageError(f"output folder {out!r} already holds a run ({', '.join(existing)}); "
+                         "pass --overwrite to replace it, or choose another --output")
+    for name in existing:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    for sub in ("shards", "decisions"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+
+
+def sample_corpus(out: str, cfg: dict) -> str:
+    """Generate the built-in corpus inside the output folder (reused when the settings match)."""
+    from curate import synth
+    from curate.io import atomic_path, dumps_json
+
+    corpus = os.path.join(out, "sample_corpus")
+    settings = config_lib.section(cfg, "sample_corpus")
+    marker = os.path.join(corpus, "corpus.json")
+    if os.path.exists(marker) and open(marker, "rb").read() == dumps_json(settings):
+        log.info("using the built-in sample corpus in %s", corpus)
+        return corpus
+    shutil.rmtree(corpus, ignore_errors=True)
+    log.info("writing the built-in sample corpus (%d samples, seed %d) to %s",
+             settings["samples"], settings["seed"], corpus)
+    synth.generate(corpus, settings["samples"], seed=settings["seed"], noise=settings["noise"],
+                   processes=os.cpu_count() or 1)
+    with atomic_path(marker) as tmp:
+        open(tmp, "wb").write(dumps_json(settings))
+    return corpus
+
+
+def _stage_seconds(result) -> dict:
+    from apache_beam.metrics.metric import MetricsFilter
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace("curate.time_ms"))["counters"]
+    except Exception:  # some runners (Dask) report no metrics
+        return {}
+    totals: dict[str, float] = {}
+    for c in counters:
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0) / 1000
+    return totals
+
+
+def run(argv=None) -> dict:
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    args, beam_args = parse_args(argv)
+    module = _pipeline_module(args.pipeline)
+    cfg = config_lib.load(args.pipeline, module.SCHEMA, args.config, args.set,
+                          {"input": args.input, "output": args.output})
+    if hasattr(module, "scorer_spec"):
+        validate(module.scorer_spec(cfg))
+    options = PipelineOptions(beam_args)
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    out = os.path.abspath(cfg["output"])
+    cfg["output"] = out
+    if cfg["input"] is not None:
+        from curate.shards import list_input_shards
+        try:
+            list_input_shards(cfg["input"])
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    prepare_output(out, args.overwrite)
+    log.info("output folder: %s", out)
+    if cfg["input"] is None:
+        cfg["input"] = sample_corpus(out, cfg)
+
+    import apache_beam as beam
+
+    t0 = time.time()
+    pipeline = beam.Pipeline(options=options)
+    module.build(pipeline, cfg)
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.time() - t0
+
+    from curate.report import count_decisions, summary, write_report
+    from curate.shards import write_sizes
+
+    sizes_path = os.path.join(out, "shards", "sizes.json")
+    if not os.path.exists(sizes_path):  # nothing kept: the sizes step saw no element
+        write_sizes(os.path.join(out, "shards"), {})
+    import json
+    shards = json.load(open(sizes_path))
+    report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
+                          _stage_seconds(result), shards, options.view_as(StandardOptions).runner)
+    print(summary(report, out))
+    return report
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("curate").setLevel(logging.INFO)
+    # Beam warns about optional GCP client libraries at import; irrelevant unless on Dataflow.
+    logging.getLogger().addFilter(lambda record: "apitools" not in record.getMessage())
+    try:
+        run(argv)
+    except (UsageError, config_lib.ConfigError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

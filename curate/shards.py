@@ -1,0 +1,234 @@
+"""Beam transforms that read raw shards and write curated shards and the decisions table.
+
+Only Create, ParDo, GroupByKey and Flatten are used, so every runner (the Dask runner included)
+can run them. Shard ids are assigned here, not by fileio.WriteToFiles, which cannot fix the number
+of samples per file; each file is written under a temp name and renamed.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.io import TarReadError, atomic_path, iter_tar_samples, sample_json, write_tar
+from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
+
+log = logging.getLogger("curate")
+
+UNREADABLE_TAR = "unreadable_tar"
+DUPLICATE_KEY = "duplicate_key"
+
+
+def list_input_shards(spec: str) -> list[str]:
+    """A folder, a glob or a single .tar -> sorted tar paths. Raises ValueError if none match."""
+    if os.path.isdir(spec):
+        paths = glob.glob(os.path.join(spec, "*.tar"))
+    else:
+        paths = [p for p in glob.glob(spec) if p.endswith(".tar")] if any(c in spec for c in "*?[") else (
+            [spec] if os.path.isfile(spec) else [])
+    if not paths:
+        raise ValueError(f"no .tar shards found at {spec!r}")
+    return sorted(os.path.abspath(p) for p in paths)
+
+
+def _time(stage: str, seconds: float) -> None:
+    beam.metrics.Metrics.counter("curate.time_ms", stage).inc(int(seconds * 1000))
+
+
+class ReadShardFn(beam.DoFn):
+    """(shard index, path) -> RawSample per sample; a broken tar ends as a decision, not a crash."""
+
+    def __init__(self, total: int):
+        self._total = total
+
+    def process(self, element):
+        shard_index, path = element
+        t0 = time.perf_counter()
+        count = 0
+        log.info("reading shard %d/%d %s", shard_index + 1, self._total, os.path.basename(path))
+        try:
+            for count, (key, fields) in enumerate(iter_tar_samples(path), start=1):
+                yield RawSample(key, shard_index, path, count - 1, fields)
+        except TarReadError as e:
+            log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
+            stub = RawSample("", shard_index, path, -1, {})
+            yield beam.pvalue.TaggedOutput("decisions", decision(stub, False, READ, UNREADABLE_TAR, detail=str(e)))
+        beam.metrics.Metrics.counter("curate", "shards_read").inc()
+        beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
+        _time(READ, time.perf_counter() - t0)
+        log.info("done with shard %d/%d %s: %d samples", shard_index + 1, self._total, os.path.basename(path), count)
+
+
+class ReadRawShards(beam.PTransform):
+    """Shard paths -> RawSample elements (main output) and shard-level decisions (tag 'decisions')."""
+
+    def __init__(self, paths: list[str]):
+        super().__init__()
+        self._paths = paths
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ListShards" >> beam.Create(list(enumerate(self._paths)))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadShard" >> beam.ParDo(ReadShardFn(len(self._paths))).with_outputs("decisions", main="samples")
+        )
+
+
+class _WriteDecisionShard(beam.DoFn):
+    def __init__(self, out_dir: str):
+        self._out_dir = out_dir
+
+    def process(self, element):
+        shard_index, rows = element
+        rows = sorted(rows, key=lambda r: (r["source_index"], r["key"]))
+        for r in rows:
+            r.pop("_shard_index", None)
+        table = pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)
+        path = os.path.join(self._out_dir, f"{shard_index:05d}.parquet")
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        yield path
+
+
+class WriteDecisions(beam.PTransform):
+    """Decision rows -> OUT/decisions/NNNNN.parquet, one file per input shard, rows in input order."""
+
+    def __init__(self, out_dir: str):
+        super().__init__()
+        self._out_dir = out_dir
+
+    def expand(self, rows):
+        return (
+            rows
+            | "ByInputShard" >> beam.Map(lambda r: (r["_shard_index"], r))
+            | "Group" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteDecisionShard(self._out_dir))
+        )
+
+
+SHARD_SCHEMA = pa.schema([
+    ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
+    ("clip_score", pa.float32()), ("width", pa.int32()), ("height", pa.int32()),
+    ("sha256", pa.string()), ("url", pa.string()), ("source_shard", pa.string()),
+    ("source_index", pa.int64()),
+])
+
+
+class PlanShards(beam.DoFn):
+    """All kept samples -> (output shard id, samples) in input order, samples_per_shard each.
+
+    Also emits each kept sample's final decision, and drops a sample whose key was already taken
+    by an earlier one (keys name files inside the tars, so they must be unique).
+    """
+
+    def __init__(self, samples_per_shard: int):
+        self._n = samples_per_shard
+
+    def process(self, element):
+        _, samples = element
+        samples = sorted(samples, key=lambda s: s.order)
+        seen: dict[str, Sample] = {}
+        unique = []
+        for s in samples:
+            if s.key in seen:
+                yield beam.pvalue.TaggedOutput("decisions", decision(
+                    s, False, WRITE, DUPLICATE_KEY, kept_instead=seen[s.key].key,
+                    detail=f"key already used by {seen[s.key].shard_path}#{seen[s.key].member_index}"))
+                continue
+            seen[s.key] = s
+            unique.append(s)
+        for start in range(0, len(unique), self._n):
+            yield start // self._n, unique[start:start + self._n]
+        for s in unique:
+            yield beam.pvalue.TaggedOutput("decisions", decision(s, True, WRITE))
+
+
+class WriteShardFn(beam.DoFn):
+    """(shard id, samples) -> NNNNN.tar + NNNNN.parquet, re-reading image bytes from the raw shards."""
+
+    def __init__(self, out_dir: str):
+        self._out_dir = out_dir
+
+    def process(self, element):
+        shard_id, samples = element
+        t0 = time.perf_counter()
+        wanted: dict[str, dict[int, Sample]] = {}
+        for s in samples:
+            wanted.setdefault(s.shard_path, {})[s.member_index] = s
+        found: dict[tuple[str, int], dict] = {}
+        for path, by_index in wanted.items():
+            for index, (_key, fields) in enumerate(iter_tar_samples(path)):
+                if index in by_index:
+                    found[(path, index)] = fields
+                if len(found) == len(samples):
+                    break
+        members, rows = [], []
+        for s in samples:
+            fields = found[(s.shard_path, s.member_index)]
+            meta = sample_json(fields)
+            meta.update(key=s.key, caption=s.caption, language=s.language, clip_score=s.clip_score,
+                        width=s.width, height=s.height, sha256=s.sha256, source_key=s.key,
+                        source_shard=os.path.basename(s.shard_path))
+            members.append((s.key, {s.image_ext: fields[s.image_ext], "txt": s.caption, "json": meta}))
+            rows.append({"key": s.key, "caption": s.caption, "language": s.language,
+                         "clip_score": s.clip_score, "width": s.width, "height": s.height,
+                         "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
+                         "source_shard": s.shard_path, "source_index": s.member_index})
+        name = f"{shard_id:05d}"
+        write_tar(os.path.join(self._out_dir, f"{name}.tar"), members)
+        with atomic_path(os.path.join(self._out_dir, f"{name}.parquet")) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), tmp)
+        _time(WRITE, time.perf_counter() - t0)
+        log.info("wrote shard %s.tar: %d samples", name, len(samples))
+        yield f"{name}.tar", len(samples)
+
+
+
+class _WriteSizes(beam.DoFn):
+    def __init__(self, out_dir: str):
+        self._out_dir = out_dir
+
+    def process(self, element):
+        _, sizes = element
+        write_sizes(self._out_dir, dict(sizes))
+        yield len(sizes)
+
+
+def write_sizes(out_dir: str, sizes: dict[str, int]) -> None:
+    """sizes.json, as open_clip_train reads it: {"NNNNN.tar": samples}."""
+    with atomic_path(os.path.join(out_dir, "sizes.json")) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(dict(sorted(sizes.items())), f, indent=1)
+
+
+class WriteCuratedShards(beam.PTransform):
+    """Kept samples -> OUT/shards/{NNNNN.tar, NNNNN.parquet, sizes.json}; decisions under tag 'decisions'."""
+
+    def __init__(self, out_dir: str, samples_per_shard: int):
+        super().__init__()
+        self._out_dir = out_dir
+        self._n = samples_per_shard
+
+    def expand(self, kept):
+        plans = (
+            kept
+            | "All" >> beam.Map(lambda s: (0, s))
+            | "Gather" >> beam.GroupByKey()
+            | "Plan" >> beam.ParDo(PlanShards(self._n)).with_outputs("decisions", main="shards")
+        )
+        sizes = (
+            plans.shards
+            | "Spread" >> beam.Reshuffle()
+            | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir))
+            | "AllSizes" >> beam.Map(lambda kv: (0, kv))
+            | "GatherSizes" >> beam.GroupByKey()
+            | "WriteSizes" >> beam.ParDo(_WriteSizes(self._out_dir))
+        )
+        return {"decisions": plans.decisions, "sizes": sizes}
