@@ -1,0 +1,48 @@
+"""The command line: help, and one-line errors before any work is done."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from curate import run
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "curate.run", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_help_lists_pipelines_and_configs():
+    p = cli("--help")
+    assert p.returncode == 0
+    assert "laion_filter" in p.stdout and "configs/laion_filter.yaml" in p.stdout.replace(os.sep, "/")
+    assert "--direct_num_workers" in p.stdout
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--pipeline", "nope"], "unknown pipeline 'nope'; choose one of: laion_filter"),
+    (["--pipeline", "laion_filter", "--set", "filters.min_size=3"], "unknown key 'filters.min_size'"),
+    (["--pipeline", "laion_filter", "--set", "dedup.near_threshold=1.5"], "dedup.near_threshold must be"),
+    (["--pipeline", "laion_filter", "--input", "/nonexistent/shards"], "no .tar shards found"),
+    (["--pipeline", "laion_filter", "--set", "scorer.model=ViT-Nope"], "unknown open_clip model 'ViT-Nope'"),
+    (["--pipeline", "laion_filter", "--set", "scorer.model=ViT-B-32", "--set", "scorer.pretrained=nope"],
+     "neither a file nor a known tag of ViT-B-32"),
+])
+def test_errors_are_one_line_and_nothing_is_written(tmp_path, capsys, args, expect):
+    out = tmp_path / "out"
+    assert run.main([*args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expect in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not out.exists()
+
+
+def test_refuses_an_output_folder_holding_a_run(tmp_path):
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(run.UsageError, match="already holds a run"):
+        run.prepare_output(str(tmp_path), overwrite=False)
+    (tmp_path / "mine.txt").write_text("keep me")
+    run.prepare_output(str(tmp_path), overwrite=True)
+    assert (tmp_path / "mine.txt").exists() and not (tmp_path / "report.json").exists()
+    assert (tmp_path / "shards").is_dir() and (tmp_path / "decisions").is_dir()

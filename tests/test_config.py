@@ -1,0 +1,63 @@
+"""Config loading: defaults from configs/, overrides, and one-line errors before any work."""
+import pytest
+
+from curate import config
+from pipelines import laion_filter
+
+
+def load(*sets, file=None):
+    return config.load("laion_filter", laion_filter.SCHEMA, file, list(sets))
+
+
+def test_default_yaml_sets_exactly_the_schema_keys():
+    assert set(config.read_yaml(config.CONFIG_DIR / "laion_filter.yaml")) == set(laion_filter.SCHEMA)
+    cfg = load()
+    assert cfg["filters.min_image_size"] == 200 and cfg["filters.max_aspect_ratio"] == 3.0
+
+
+def test_set_overrides_and_reads_values_as_yaml():
+    cfg = load("select.clip_threshold=0.25", "dedup.near=false", "input=/data/shards")
+    assert cfg["select.clip_threshold"] == 0.25 and cfg["dedup.near"] is False and cfg["input"] == "/data/shards"
+
+
+def test_integer_accepted_for_float():
+    assert load("filters.max_aspect_ratio=4")["filters.max_aspect_ratio"] == 4.0
+
+
+def test_unknown_key_names_key_and_allowed_siblings():
+    with pytest.raises(config.ConfigError) as e:
+        load("filters.min_size=100")
+    msg = str(e.value)
+    assert "\n" not in msg and "'filters.min_size'" in msg and "min_image_size" in msg
+
+
+@pytest.mark.parametrize("item,expect", [
+    ("filters.min_image_size=abc", "filters.min_image_size must be an integer >= 0"),
+    ("filters.min_image_size=-1", "filters.min_image_size must be an integer >= 0"),
+    ("select.clip_threshold=2", "select.clip_threshold must be a number >= -1 and <= 1"),
+    ("scorer.device=tpu", "scorer.device must be one of auto, cpu, cuda"),
+    ("dedup.exact=maybe", "dedup.exact must be true or false"),
+])
+def test_bad_values_name_key_and_what_is_allowed(item, expect):
+    with pytest.raises(config.ConfigError, match=expect):
+        load(item)
+
+
+def test_user_file_overrides_defaults(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("select:\n  clip_threshold: 0.4\nshards:\n  samples_per_shard: 10\n")
+    cfg = load(file=str(f))
+    assert cfg["select.clip_threshold"] == 0.4 and cfg["shards.samples_per_shard"] == 10
+    assert cfg["filters.min_image_size"] == 200
+
+
+def test_user_file_with_unknown_section(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("filterz:\n  min_image_size: 10\n")
+    with pytest.raises(config.ConfigError, match="unknown key 'filterz.min_image_size'"):
+        load(file=str(f))
+
+
+def test_missing_config_file():
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        load(file="/nonexistent/c.yaml")
