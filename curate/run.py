@@ -7,7 +7,9 @@ runner that needs no network (Beam's default first tries to download the Prism r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -111,8 +113,34 @@ def _stage_seconds(result) -> dict:
     return totals
 
 
+@contextlib.contextmanager
+def _local_worker_log_levels(out: str, options):
+    """Give local multi-process workers the log levels of ``options``.
+
+    FnApiRunner starts them with empty pipeline options, so they would log every gRPC step at
+    INFO and bury the progress lines; they do read PIPELINE_OPTIONS_FILE at start-up.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
+
+    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+            or "PIPELINE_OPTIONS_FILE" in os.environ):
+        yield
+        return
+    w = options.view_as(WorkerOptions)
+    path = os.path.join(out, ".worker_options.json")
+    with open(path, "w") as f:
+        json.dump({"options": {"default_sdk_harness_log_level": w.default_sdk_harness_log_level,
+                               "sdk_harness_log_level_overrides": w.sdk_harness_log_level_overrides}}, f)
+    os.environ["PIPELINE_OPTIONS_FILE"] = path
+    try:
+        yield
+    finally:
+        del os.environ["PIPELINE_OPTIONS_FILE"]
+        os.remove(path)
+
+
 def run(argv=None) -> dict:
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
     args, beam_args = parse_args(argv)
     module = _pipeline_module(args.pipeline)
@@ -123,6 +151,11 @@ def run(argv=None) -> dict:
     options = PipelineOptions(beam_args)
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    harness = options.view_as(WorkerOptions)
+    if harness.default_sdk_harness_log_level is None:
+        # Worker processes log every gRPC step at INFO; keep curate's own progress lines.
+        harness.default_sdk_harness_log_level = "WARNING"
+        harness.sdk_harness_log_level_overrides = harness.sdk_harness_log_level_overrides or {"curate": "INFO"}
     out = os.path.abspath(cfg["output"])
     cfg["output"] = out
     if cfg["input"] is not None:
@@ -141,8 +174,9 @@ def run(argv=None) -> dict:
     t0 = time.time()
     pipeline = beam.Pipeline(options=options)
     module.build(pipeline, cfg)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with _local_worker_log_levels(out, options):
+        result = pipeline.run()
+        result.wait_until_finish()
     wall = time.time() - t0
 
     from curate.report import count_decisions, summary, write_report
@@ -151,8 +185,8 @@ def run(argv=None) -> dict:
     sizes_path = os.path.join(out, "shards", "sizes.json")
     if not os.path.exists(sizes_path):  # nothing kept: the sizes step saw no element
         write_sizes(os.path.join(out, "shards"), {})
-    import json
-    shards = json.load(open(sizes_path))
+    with open(sizes_path) as f:
+        shards = json.load(f)
     report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
                           _stage_seconds(result), shards, options.view_as(StandardOptions).runner)
     print(summary(report, out))
@@ -164,6 +198,8 @@ def main(argv=None) -> int:
     logging.getLogger("curate").setLevel(logging.INFO)
     # Beam warns about optional GCP client libraries at import; irrelevant unless on Dataflow.
     logging.getLogger().addFilter(lambda record: "apitools" not in record.getMessage())
+    # Local workers print their own log lines; the job service would repeat each one.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
         run(argv)
     except (UsageError, config_lib.ConfigError, ModelLoadError) as e:

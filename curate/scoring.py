@@ -3,50 +3,62 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.window import GlobalWindows
 
 from curate.models import clip
+from curate.records import Sample
 
 log = logging.getLogger("curate.score")
 
-ClipInput = tuple[torch.Tensor, torch.Tensor]  # (image CHW float, token ids)
+
+@dataclass
+class ClipBatch:
+    """Consecutive passing samples of one input shard, preprocessed and stacked."""
+    samples: list[Sample]
+    images: torch.Tensor   # (B, 3, H, W) float
+    tokens: torch.Tensor   # (B, context) int
 
 
-class OpenClipModelHandler(ModelHandler[ClipInput, PredictionResult, torch.nn.Module]):
-    """Loads one open_clip model per worker and encodes batches of (image, tokens).
+class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Module]):
+    """Loads one open_clip model per worker and encodes ClipBatches.
 
-    On a CUDA out-of-memory error the batch is split in half and retried, down to single
-    samples, so a batch size that is too large costs time, not samples.
+    Batches arrive already built (see BatchPerShard), so RunInference passes them one at a time.
+    On a CUDA out-of-memory error a batch is split in half and retried, down to single samples,
+    so a batch size that is too large costs time, not samples.
     """
 
-    def __init__(self, spec: clip.ScorerSpec, batch_size: int = 64):
+    def __init__(self, spec: clip.ScorerSpec):
         super().__init__()
         self._spec = spec
-        self._batch_size = batch_size
         self._scored = 0
         self._started = None
 
     def load_model(self) -> torch.nn.Module:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         return clip.load_model(self._spec)
 
-    def run_inference(self, batch: Sequence[ClipInput], model: torch.nn.Module,
+    def run_inference(self, batch: Sequence[ClipBatch], model: torch.nn.Module,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        images = torch.stack([b[0] for b in batch])
-        tokens = torch.stack([b[1] for b in batch])
         if self._started is None:
             self._started = time.perf_counter()
-        img, txt = self._encode_splitting(model, images, tokens)
-        before, self._scored = self._scored, self._scored + len(batch)
-        if self._scored // 1000 > before // 1000:
-            rate = self._scored / max(1e-9, time.perf_counter() - self._started)
-            log.info("scored %d samples in this worker (%.0f/s)", self._scored, rate)
-        return [PredictionResult(example, (img[i], txt[i])) for i, example in enumerate(batch)]
+        results = []
+        for clip_batch in batch:
+            t0 = time.perf_counter()
+            img, txt = self._encode_splitting(model, clip_batch.images, clip_batch.tokens)
+            beam.metrics.Metrics.counter("curate.time_ms", "clip_encode").inc(
+                int((time.perf_counter() - t0) * 1000))
+            results.append(PredictionResult(clip_batch, (img, txt)))
+            before, self._scored = self._scored, self._scored + len(clip_batch.samples)
+            if self._scored // 1000 > before // 1000:
+                rate = self._scored / max(1e-9, time.perf_counter() - self._started)
+                log.info("scored %d samples in this worker (%.0f/s)", self._scored, rate)
+        return results
 
     def _encode_splitting(self, model, images, tokens):
         try:
@@ -62,12 +74,12 @@ class OpenClipModelHandler(ModelHandler[ClipInput, PredictionResult, torch.nn.Mo
             b = self._encode_splitting(model, images[half:], tokens[half:])
             return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
 
-    def get_num_bytes(self, batch: Sequence[ClipInput]) -> int:
+    def get_num_bytes(self, batch: Sequence[ClipBatch]) -> int:
         # The default pickles the whole batch just to measure it.
-        return sum(b[0].nbytes + b[1].nbytes for b in batch)
+        return sum(b.images.nbytes + b.tokens.nbytes for b in batch)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+        return {"min_batch_size": 1, "max_batch_size": 1}  # each element is a whole batch
 
     def share_model_across_processes(self) -> bool:
         return False
@@ -93,13 +105,46 @@ class PrepareClipInputs(beam.DoFn):
         yield sample, (tensor, tokens)
 
 
-class _AttachScore(beam.DoFn):
+class BatchPerShard(beam.DoFn):
+    """(Sample, inputs) -> ClipBatch of ``batch_size`` consecutive samples of one shard.
+
+    On CPU a score's last bits depend on which batch it was computed in. Batches that never mix
+    shards and keep input order have the same content whatever the runner, bundling or number of
+    workers, so scores, and every output behind them, are byte-identical across runs. A shard is
+    read within one bundle, so its last, partial batch is flushed when the bundle ends.
+    """
+
+    def __init__(self, batch_size: int):
+        self._n = batch_size
+
+    def start_bundle(self):
+        self._buffers: dict[int, list] = {}
+
     def process(self, element):
-        sample, result = element
+        buf = self._buffers.setdefault(element[0].shard_index, [])
+        buf.append(element)
+        if len(buf) == self._n:
+            yield _stack(self._buffers.pop(element[0].shard_index))
+
+    def finish_bundle(self):
+        for shard in sorted(self._buffers):
+            yield GlobalWindows.windowed_value(_stack(self._buffers[shard]))
+        self._buffers = {}
+
+
+def _stack(items: list) -> ClipBatch:
+    return ClipBatch([s for s, _ in items], torch.stack([x[0] for _, x in items]),
+                     torch.stack([x[1] for _, x in items]))
+
+
+class _AttachScores(beam.DoFn):
+    def process(self, result: PredictionResult):
         img, txt = result.inference
-        sample.clip_score = float(np.dot(img, txt))
-        sample.image_embedding = img.astype(np.float32)
-        yield sample
+        scores = clip.cosine(img, txt)
+        for i, sample in enumerate(result.example.samples):
+            sample.clip_score = float(scores[i])
+            sample.image_embedding = img[i]
+            yield sample
 
 
 class ScoreWithClip(beam.PTransform):
@@ -114,6 +159,7 @@ class ScoreWithClip(beam.PTransform):
         return (
             decoded
             | "Preprocess" >> beam.ParDo(PrepareClipInputs(self._spec))
-            | "Encode" >> RunInference(KeyedModelHandler(OpenClipModelHandler(self._spec, self._batch_size)))
-            | "AttachScore" >> beam.ParDo(_AttachScore())
+            | "BatchPerShard" >> beam.ParDo(BatchPerShard(self._batch_size))
+            | "Encode" >> RunInference(OpenClipModelHandler(self._spec))
+            | "AttachScores" >> beam.ParDo(_AttachScores())
         )

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from curate.models import clip
-from curate.scoring import OpenClipModelHandler
+from curate.records import Sample
+from curate.scoring import ClipBatch, OpenClipModelHandler
 
 
 def test_demo_scorer_prefers_the_true_caption(tmp_path):
@@ -48,12 +49,13 @@ def test_local_checkpoint_loads_like_the_demo(tmp_path):
 
 def test_out_of_memory_batches_are_split_not_lost(monkeypatch):
     spec = clip.ScorerSpec()
-    handler = OpenClipModelHandler(spec, batch_size=8)
+    handler = OpenClipModelHandler(spec)
     model = handler.load_model()
     images = torch.randn(8, 3, 64, 64)
     tokens = clip.tokenizer(spec.model)(["a red circle on the left"] * 8)
-    batch = list(zip(images, tokens))
-    expected = [r.inference for r in handler.run_inference(batch, model)]
+    samples = [Sample(str(i), 0, "x.tar", i) for i in range(8)]
+    batch = [ClipBatch(samples, images, tokens)]
+    (expected,) = [r.inference for r in handler.run_inference(batch, model)]
     real_encode, calls = clip.encode, []
 
     def flaky(model, spec, imgs, toks):
@@ -63,8 +65,8 @@ def test_out_of_memory_batches_are_split_not_lost(monkeypatch):
         return real_encode(model, spec, imgs, toks)
 
     monkeypatch.setattr(clip, "encode", flaky)
-    got = [r.inference for r in handler.run_inference(batch, model)]
-    assert calls[:3] == [8, 4, 2] and len(got) == 8
-    for (ei, et), (gi, gt) in zip(expected, got):
-        np.testing.assert_allclose(ei, gi, atol=1e-5)
-        np.testing.assert_allclose(et, gt, atol=1e-5)
+    (result,) = handler.run_inference(batch, model)
+    assert calls[:3] == [8, 4, 2] and result.example is batch[0]
+    np.testing.assert_allclose(expected[0], result.inference[0], atol=1e-5)
+    np.testing.assert_allclose(expected[1], result.inference[1], atol=1e-5)
+    assert result.inference[0].shape == (8, 64)

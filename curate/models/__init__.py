@@ -1,0 +1,1 @@
+"""Models: open_clip loading (clip.py), the demo scorer checkpoint and its training script."""
