@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from curate import config as config_lib
 from curate.models.clip import ModelLoadError, validate
@@ -88,7 +89,7 @@ def sample_corpus(out: str, cfg: dict) -> str:
     corpus = os.path.join(out, "sample_corpus")
     settings = config_lib.section(cfg, "sample_corpus")
     marker = os.path.join(corpus, "corpus.json")
-    if os.path.exists(marker) and open(marker, "rb").read() == dumps_json(settings):
+    if os.path.exists(marker) and Path(marker).read_bytes() == dumps_json(settings):
         log.info("using the built-in sample corpus in %s", corpus)
         return corpus
     shutil.rmtree(corpus, ignore_errors=True)
@@ -97,7 +98,7 @@ def sample_corpus(out: str, cfg: dict) -> str:
     synth.generate(corpus, settings["samples"], seed=settings["seed"], noise=settings["noise"],
                    processes=os.cpu_count() or 1)
     with atomic_path(marker) as tmp:
-        open(tmp, "wb").write(dumps_json(settings))
+        Path(tmp).write_bytes(dumps_json(settings))
     return corpus
 
 
@@ -139,15 +140,10 @@ def _local_worker_log_levels(out: str, options):
         os.remove(path)
 
 
-def run(argv=None) -> dict:
+def beam_options(beam_args: list[str]):
+    """Beam's options from the remaining flags, with curate's offline-safe, quiet defaults."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
-    args, beam_args = parse_args(argv)
-    module = _pipeline_module(args.pipeline)
-    cfg = config_lib.load(args.pipeline, module.SCHEMA, args.config, args.set,
-                          {"input": args.input, "output": args.output})
-    if hasattr(module, "scorer_spec"):
-        validate(module.scorer_spec(cfg))
     options = PipelineOptions(beam_args)
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
@@ -156,20 +152,34 @@ def run(argv=None) -> dict:
         # Worker processes log every gRPC step at INFO; keep curate's own progress lines.
         harness.default_sdk_harness_log_level = "WARNING"
         harness.sdk_harness_log_level_overrides = harness.sdk_harness_log_level_overrides or {"curate": "INFO"}
-    out = os.path.abspath(cfg["output"])
-    cfg["output"] = out
+    return options
+
+
+def run(argv=None) -> dict:
+    """Validate everything, run the pipeline, write report.json, print the summary."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from curate.report import count_decisions, summary, write_report
+    from curate.shards import list_input_shards, write_sizes
+
+    args, beam_args = parse_args(argv)
+    module = _pipeline_module(args.pipeline)
+    cfg = config_lib.load(args.pipeline, module.SCHEMA, args.config, args.set,
+                          {"input": args.input, "output": args.output})
+    if hasattr(module, "scorer_spec"):
+        validate(module.scorer_spec(cfg))
+    options = beam_options(beam_args)
     if cfg["input"] is not None:
-        from curate.shards import list_input_shards
         try:
             list_input_shards(cfg["input"])
         except ValueError as e:
             raise UsageError(str(e)) from None
+    out = cfg["output"] = os.path.abspath(cfg["output"])
     prepare_output(out, args.overwrite)
     log.info("output folder: %s", out)
     if cfg["input"] is None:
         cfg["input"] = sample_corpus(out, cfg)
-
-    import apache_beam as beam
 
     t0 = time.time()
     pipeline = beam.Pipeline(options=options)
@@ -179,13 +189,10 @@ def run(argv=None) -> dict:
         result.wait_until_finish()
     wall = time.time() - t0
 
-    from curate.report import count_decisions, summary, write_report
-    from curate.shards import write_sizes
-
-    sizes_path = os.path.join(out, "shards", "sizes.json")
-    if not os.path.exists(sizes_path):  # nothing kept: the sizes step saw no element
-        write_sizes(os.path.join(out, "shards"), {})
-    with open(sizes_path) as f:
+    shard_dir = os.path.join(out, "shards")
+    if not os.path.exists(os.path.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
+        write_sizes(shard_dir, {})
+    with open(os.path.join(shard_dir, "sizes.json")) as f:
         shards = json.load(f)
     report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
                           _stage_seconds(result), shards, options.view_as(StandardOptions).runner)

@@ -321,11 +321,11 @@ def make_sample(seed: int, plan: Plan) -> tuple[bytes, str, dict, dict]:
 def _near_copy(img: Image.Image, quality: int, rng: np.random.Generator) -> tuple[bytes, str]:
     """Re-encoded, rescaled or slightly cropped copy, as re-uploads on the web are."""
     kind = ["reencode", "rescale", "crop"][rng.integers(3)]
-    if kind == "rescale":
-        f = float(rng.uniform(0.8, 0.95))
-        img = img.resize((max(200, int(img.width * f)), max(200, int(img.height * f))), Image.BICUBIC)
-    elif kind == "crop":
-        dx, dy = int(img.width * rng.uniform(0.02, 0.05)), int(img.height * rng.uniform(0.02, 0.05))
+    if kind == "rescale":  # uniform, and never below the 200-px side the basic filter asks for
+        f = max(float(rng.uniform(0.75, 0.95)), 200 / min(img.size))
+        img = img.resize((round(img.width * f), round(img.height * f)), Image.BICUBIC)
+    elif kind == "crop":  # 1-2% off each side
+        dx, dy = int(img.width * rng.uniform(0.01, 0.02)), int(img.height * rng.uniform(0.01, 0.02))
         img = img.crop((dx, dy, img.width - dx, img.height - dy))
     q = int(rng.integers(60, 96))
     if q == quality:

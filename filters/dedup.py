@@ -6,7 +6,8 @@ Every other member is dropped and names the key kept in its place.
 
 Near duplicates are pairs whose image-embedding cosine is at least ``threshold``. Pairs are joined
 into groups by connected components, so a chain a~b, b~c is one group even when a and c are not
-close themselves; exactly one sample of the whole chain is kept.
+close themselves; exactly one sample of the whole chain is kept. Exact dedup runs first; when the
+sample it kept is then dropped as a near duplicate, its exact copies follow it into that group.
 """
 from __future__ import annotations
 
@@ -78,3 +79,15 @@ def near_duplicates(samples: list[Sample], threshold: float) -> tuple[list[Sampl
                 sim = float(np.dot(emb[k], emb[best]))
                 dropped.append(Duplicate(samples[k], samples[best], f"near:{samples[best].key}", sim))
     return kept, dropped
+
+
+def follow_to_kept(exact: list[Duplicate], near_dropped: list[Duplicate]) -> list[Duplicate]:
+    """Re-point exact duplicates whose kept sample was then dropped as a near duplicate.
+
+    They join that near group and name the sample finally kept, so every group keeps exactly one
+    sample and every dropped duplicate names a sample that is in the output. Their similarity is
+    the one of their identical twin.
+    """
+    moved = {d.sample.order: d for d in near_dropped}
+    return [Duplicate(d.sample, moved[d.kept.order].kept, moved[d.kept.order].group,
+                      moved[d.kept.order].similarity) if d.kept.order in moved else d for d in exact]

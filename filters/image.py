@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -13,6 +14,11 @@ UNREADABLE_IMAGE = "unreadable_image"     # not an image format PIL knows, or a 
 TRUNCATED_IMAGE = "truncated_image"       # header fine, pixel data cut short
 CORRUPT_IMAGE = "corrupt_image"           # header fine, pixel data fails to decode
 DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than allowed: refused before decoding
+
+
+def _describe(e: Exception) -> str:
+    """The error as text, without object addresses, so decisions are byte-identical across runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(e).__name__}: {e}")
 
 
 @dataclass
@@ -40,7 +46,7 @@ def decode_image(data: bytes | None, max_pixels: int = 89_478_485) -> Decoded:
     except Image.DecompressionBombError as e:
         return Decoded(None, None, None, None, DECOMPRESSION_BOMB, str(e))
     except Exception as e:  # PIL raises many types for unknown or broken headers
-        return Decoded(None, None, None, None, UNREADABLE_IMAGE, f"{type(e).__name__}: {e}")
+        return Decoded(None, None, None, None, UNREADABLE_IMAGE, _describe(e))
     width, height, fmt = img.width, img.height, img.format
     if width * height > max_pixels:
         return Decoded(None, width, height, fmt, DECOMPRESSION_BOMB, f"{width}x{height} > {max_pixels} pixels")
@@ -53,9 +59,9 @@ def decode_image(data: bytes | None, max_pixels: int = 89_478_485) -> Decoded:
                 img = _to_rgb(img)
     except OSError as e:
         reason = TRUNCATED_IMAGE if "truncated" in str(e).lower() else CORRUPT_IMAGE
-        return Decoded(None, width, height, fmt, reason, f"{type(e).__name__}: {e}")
+        return Decoded(None, width, height, fmt, reason, _describe(e))
     except Exception as e:
-        return Decoded(None, width, height, fmt, CORRUPT_IMAGE, f"{type(e).__name__}: {e}")
+        return Decoded(None, width, height, fmt, CORRUPT_IMAGE, _describe(e))
     return Decoded(img, img.width, img.height, fmt)
 
 

@@ -83,55 +83,71 @@ class ApplyThreshold(beam.DoFn):
             yield sample
 
 
+def _duplicate_decision(d: dedup.Duplicate, stage: str, reason: str) -> dict:
+    return decision(d.sample, False, stage, reason, dup_group=d.group, kept_instead=d.kept.key,
+                    dup_similarity=d.similarity)
+
+
 class ExactDedupFn(beam.DoFn):
+    """Samples sharing a sha256 -> the kept one (main) and the others as Duplicates (tag 'duplicates')."""
+
     def process(self, element):
         _sha, group = element
         kept, dups = dedup.exact_duplicates(list(group))
         yield kept
         for d in dups:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                d.sample, False, EXACT_DEDUP, dedup.EXACT_DUPLICATE, dup_group=d.group, kept_instead=d.kept.key))
+            yield beam.pvalue.TaggedOutput("duplicates", d)
 
 
 class NearDedupFn(beam.DoFn):
+    """All remaining samples (and the exact Duplicates) -> kept samples and decisions for the rest."""
+
     def __init__(self, threshold: float):
         self._threshold = threshold
 
     def process(self, element):
-        _, samples = element
+        _, items = element
+        samples = [x for x in items if not isinstance(x, dedup.Duplicate)]
+        exact = [x for x in items if isinstance(x, dedup.Duplicate)]
         t0 = time.perf_counter()
-        kept, dups = dedup.near_duplicates(list(samples), self._threshold)
+        kept, near = dedup.near_duplicates(samples, self._threshold)
         beam.metrics.Metrics.counter("curate.time_ms", NEAR_DEDUP).inc(int((time.perf_counter() - t0) * 1000))
         yield from kept
-        for d in dups:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                d.sample, False, NEAR_DEDUP, dedup.NEAR_DUPLICATE, dup_group=d.group,
-                kept_instead=d.kept.key, dup_similarity=d.similarity))
+        for d in near:
+            yield beam.pvalue.TaggedOutput("decisions", _duplicate_decision(d, NEAR_DEDUP, dedup.NEAR_DUPLICATE))
+        for d in dedup.follow_to_kept(exact, near):
+            yield beam.pvalue.TaggedOutput("decisions", _duplicate_decision(d, EXACT_DEDUP, dedup.EXACT_DUPLICATE))
 
 
 class Deduplicate(beam.PTransform):
-    """Exact duplicates (same sha256) first, then near duplicates among what is left."""
+    """Exact duplicates (same sha256) first, then near duplicates among what is left.
+
+    Returns {"kept": samples, "decisions": rows}. Exact duplicates travel with the near-dedup step
+    (metadata only) so that, when their kept sample is dropped there, they name the final one.
+    """
 
     def __init__(self, exact: bool, near: bool, near_threshold: float):
         super().__init__()
         self._exact, self._near, self._threshold = exact, near, near_threshold
 
     def expand(self, samples):
-        decisions = []
+        pipeline = samples.pipeline
+        exact_dups = pipeline | "NoExactDedup" >> beam.Create([])
         if self._exact:
             exact = (samples
                      | "BySha256" >> beam.Map(lambda s: (s.sha256, s))
                      | "GroupSha256" >> beam.GroupByKey()
-                     | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn()).with_outputs("decisions", main="kept"))
-            samples, decisions = exact.kept, decisions + [exact.decisions]
-        if self._near:
-            near = (samples
-                    | "AllEmbeddings" >> beam.Map(lambda s: (0, s))
-                    | "GatherEmbeddings" >> beam.GroupByKey()
-                    | "KeepOnePerGroup" >> beam.ParDo(NearDedupFn(self._threshold)).with_outputs(
-                        "decisions", main="kept"))
-            samples, decisions = near.kept, decisions + [near.decisions]
-        return {"kept": samples, "decisions": decisions}
+                     | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn()).with_outputs("duplicates", main="kept"))
+            samples, exact_dups = exact.kept, exact.duplicates
+        if not self._near:
+            return {"kept": samples, "decisions": exact_dups | "ExactDecisions" >> beam.Map(
+                _duplicate_decision, EXACT_DEDUP, dedup.EXACT_DUPLICATE)}
+        near = ((samples, exact_dups)
+                | "SamplesAndDuplicates" >> beam.Flatten()
+                | "All" >> beam.Map(lambda x: (0, x))
+                | "GatherEmbeddings" >> beam.GroupByKey()
+                | "KeepOnePerGroup" >> beam.ParDo(NearDedupFn(self._threshold)).with_outputs("decisions", main="kept"))
+        return {"kept": near.kept, "decisions": near.decisions}
 
 
 class LaionFilter(beam.PTransform):
@@ -154,7 +170,7 @@ class LaionFilter(beam.PTransform):
             cfg["dedup.exact"], cfg["dedup.near"], cfg["dedup.near_threshold"])
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
             os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [read.decisions, checked.decisions, selected.decisions, *deduped["decisions"],
+        all_decisions = [read.decisions, checked.decisions, selected.decisions, deduped["decisions"],
                          written["decisions"]]
         return (all_decisions | "AllDecisions" >> beam.Flatten()
                 | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))

@@ -70,21 +70,44 @@ def test_curated_shards_read_back_and_match_sizes_and_parquet(result):
 
 
 def test_each_duplicate_group_keeps_exactly_one(result):
-    _, _, decisions, truth = result
+    """Every group the pipeline forms keeps one sample, which each dropped member names."""
+    _, _, decisions, _ = result
     by_key = {d["key"]: d for d in decisions}
+    kept_of_group = {}
+    for d in decisions:
+        if d["reason"] in ("exact_duplicate", "near_duplicate"):
+            assert by_key[d["kept_instead"]]["kept"], d
+            assert kept_of_group.setdefault(d["dup_group"], d["kept_instead"]) == d["kept_instead"]
+    assert len(kept_of_group) > 20
+
+
+def _planted_groups(truth):
+    """original key -> {original, its exact copies, its near copies}."""
     groups = defaultdict(set)
     for key, t in truth.items():
         if t["kind"] in synth.DUPLICATE_KINDS:
             groups[t["original_key"]].update({key, t["original_key"]})
-    assert len(groups) > 20
-    dedup_stages = {"exact_dedup", "near_dedup", "write"}
-    for members in groups.values():
-        reached = [k for k in members if by_key[k]["kept"] or by_key[k]["stage"] in dedup_stages]
-        kept = [k for k in members if by_key[k]["kept"]]
-        assert len(kept) == (1 if reached else 0), {k: (by_key[k]["reason"], by_key[k]["stage"]) for k in members}
-    for d in decisions:
-        if d["reason"] in ("exact_duplicate", "near_duplicate"):
-            assert by_key[d["kept_instead"]]["kept"] and d["dup_group"]
+    return groups
+
+
+def _keeps_one(members, by_key):
+    """A planted group is recovered when exactly one member that reached dedup is kept."""
+    reached = [k for k in members if by_key[k]["kept"] or by_key[k]["stage"] in ("exact_dedup", "near_dedup")]
+    return sum(by_key[k]["kept"] for k in members) == (1 if reached else 0)
+
+
+def test_planted_duplicates_are_found(result):
+    _, _, decisions, truth = result
+    by_key = {d["key"]: d for d in decisions}
+    groups = _planted_groups(truth)
+    exact_only = [g for g in groups.values() if all(truth[k]["kind"] != "near_duplicate" for k in g)]
+    with_near = [g for g in groups.values() if g not in exact_only]
+    assert exact_only and all(_keeps_one(g, by_key) for g in exact_only)
+    recovered = sum(_keeps_one(g, by_key) for g in with_near) / len(with_near)
+    print(f"planted groups with near copies recovered: {recovered:.1%} of {len(with_near)}")
+    # Exact bytes always match; near copies depend on the scorer's image embedding (README: the demo
+    # scorer finds 99% of planted pairs at 0.96 and pairs 1.8% of clean images with a lookalike).
+    assert recovered >= 0.9
 
 
 def test_ground_truth_recovered(result):
