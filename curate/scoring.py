@@ -17,6 +17,10 @@ from curate.records import Sample
 
 log = logging.getLogger("curate.score")
 
+# Scores are kept to 4 decimals: the last bits of a float32 cosine change with the number of CPU
+# threads (so with the worker count), and decisions must not. 1e-4 is far below any threshold's step.
+SCORE_DECIMALS = 4
+
 
 @dataclass
 class ClipBatch:
@@ -34,13 +38,16 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
     so a batch size that is too large costs time, not samples.
     """
 
-    def __init__(self, spec: clip.ScorerSpec):
+    def __init__(self, spec: clip.ScorerSpec, cpu_threads: int = 0):
         super().__init__()
         self._spec = spec
+        self._cpu_threads = cpu_threads
         self._scored = 0
         self._started = None
 
     def load_model(self) -> torch.nn.Module:
+        if self._cpu_threads:
+            torch.set_num_threads(self._cpu_threads)
         return clip.load_model(self._spec)
 
     def run_inference(self, batch: Sequence[ClipBatch], model: torch.nn.Module,
@@ -142,7 +149,7 @@ class _AttachScores(beam.DoFn):
         img, txt = result.inference
         scores = clip.cosine(img, txt)
         for i, sample in enumerate(result.example.samples):
-            sample.clip_score = float(scores[i])
+            sample.clip_score = round(float(scores[i]), SCORE_DECIMALS)
             sample.image_embedding = img[i]
             yield sample
 
@@ -150,16 +157,30 @@ class _AttachScores(beam.DoFn):
 class ScoreWithClip(beam.PTransform):
     """(Sample, RGB image) -> Sample with clip_score and image_embedding set."""
 
-    def __init__(self, spec: clip.ScorerSpec, batch_size: int):
+    def __init__(self, spec: clip.ScorerSpec, batch_size: int, cpu_threads: int = 0):
         super().__init__()
         self._spec = spec
         self._batch_size = batch_size
+        self._cpu_threads = cpu_threads  # 0: torch's default (all cores)
 
     def expand(self, decoded):
         return (
             decoded
             | "Preprocess" >> beam.ParDo(PrepareClipInputs(self._spec))
             | "BatchPerShard" >> beam.ParDo(BatchPerShard(self._batch_size))
-            | "Encode" >> RunInference(OpenClipModelHandler(self._spec))
+            | "Encode" >> RunInference(OpenClipModelHandler(self._spec, self._cpu_threads))
             | "AttachScores" >> beam.ParDo(_AttachScores())
         )
+
+
+def cpu_threads_per_worker(options) -> int:
+    """Torch threads per local worker process: the cores shared out, so workers do not fight."""
+    import os
+
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return 0
+    workers = direct.direct_num_workers or os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) // workers)

@@ -76,7 +76,7 @@ def near_duplicates(samples: list[Sample], threshold: float) -> tuple[list[Sampl
         kept.append(samples[best])
         for k in idxs:
             if k != best:
-                sim = float(np.dot(emb[k], emb[best]))
+                sim = round(float(np.dot(emb[k], emb[best])), 4)  # stable across thread counts
                 dropped.append(Duplicate(samples[k], samples[best], f"near:{samples[best].key}", sim))
     return kept, dropped
 

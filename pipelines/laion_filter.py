@@ -14,7 +14,7 @@ import apache_beam as beam
 from curate.config import Option, Schema, section
 from curate.models.clip import ScorerSpec
 from curate.records import CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
-from curate.scoring import ScoreWithClip
+from curate.scoring import ScoreWithClip, cpu_threads_per_worker
 from curate.shards import ReadRawShards, WriteCuratedShards, WriteDecisions, list_input_shards
 from filters import basic, dedup
 from filters.sample import BasicFilterParams, check_sample
@@ -153,17 +153,19 @@ class Deduplicate(beam.PTransform):
 class LaionFilter(beam.PTransform):
     """The whole pipeline; ``expand`` reads as its description."""
 
-    def __init__(self, config: dict, shard_paths: list[str]):
+    def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0):
         super().__init__()
         self._cfg = config
         self._paths = shard_paths
+        self._cpu_threads = cpu_threads
 
     def expand(self, pbegin):
         cfg, out = self._cfg, self._cfg["output"]
         read = pbegin | "ReadRawShards" >> ReadRawShards(self._paths)
         checked = read.samples | "DecodeAndBasicFilters" >> beam.ParDo(
             CheckSamples(BasicFilterParams(**section(cfg, "filters")))).with_outputs("decisions", main="passed")
-        scored = checked.passed | "ClipScore" >> ScoreWithClip(scorer_spec(cfg), cfg["scorer.batch_size"])
+        scored = checked.passed | "ClipScore" >> ScoreWithClip(
+            scorer_spec(cfg), cfg["scorer.batch_size"], self._cpu_threads)
         selected = scored | "ClipThreshold" >> beam.ParDo(
             ApplyThreshold(cfg["select.clip_threshold"])).with_outputs("decisions", main="passed")
         deduped = selected.passed | "Deduplicate" >> Deduplicate(
@@ -178,4 +180,5 @@ class LaionFilter(beam.PTransform):
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:
     """Add laion_filter to ``pipeline`` (the CLI prepares input and output folders first)."""
-    pipeline | "LaionFilter" >> LaionFilter(config, list_input_shards(config["input"]))
+    pipeline | "LaionFilter" >> LaionFilter(config, list_input_shards(config["input"]),
+                                            cpu_threads_per_worker(pipeline.options))

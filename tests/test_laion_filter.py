@@ -130,15 +130,25 @@ def test_ground_truth_recovered(result):
         assert got <= reasons, (kind, got)
 
 
+def _assert_same_outputs(out, other):
+    for sub in ("shards", "decisions"):
+        names = sorted(os.listdir(os.path.join(out, sub)))
+        assert names == sorted(os.listdir(os.path.join(other, sub)))
+        for name in names:
+            a = open(os.path.join(out, sub, name), "rb").read()
+            assert a == open(os.path.join(other, sub, name), "rb").read(), f"{sub}/{name}"
+
+
 def test_rerun_is_byte_identical(result, corpus, tmp_path):
     out, *_ = result
     laion_filter(corpus, str(tmp_path))
-    for sub in ("shards", "decisions"):
-        names = sorted(os.listdir(os.path.join(out, sub)))
-        assert names == sorted(os.listdir(os.path.join(tmp_path, sub)))
-        for name in names:
-            a = open(os.path.join(out, sub, name), "rb").read()
-            assert a == open(os.path.join(tmp_path, sub, name), "rb").read(), f"{sub}/{name}"
+    _assert_same_outputs(out, str(tmp_path))
+
+
+def test_two_worker_processes_give_the_same_bytes(result, corpus, tmp_path):
+    out, *_ = result
+    laion_filter(corpus, str(tmp_path), "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    _assert_same_outputs(out, str(tmp_path))
 
 
 def test_report_and_summary(result, capsys):
