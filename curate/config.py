@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Option:
     """What one config key accepts."""
-    kind: type                      # int, float, bool, str
+    kind: type                      # int, float, bool, str, or dict (str -> number, each within min/max)
     help: str
     choices: tuple | None = None
     min: float | None = None
@@ -32,7 +32,8 @@ class Option:
     nullable: bool = False
 
     def describe(self) -> str:
-        noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[self.kind]
+        noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                dict: "a mapping of names to numbers"}[self.kind]
         if self.choices:
             noun = "one of " + ", ".join(map(str, self.choices))
         bounds = []
@@ -47,6 +48,11 @@ class Option:
     def check(self, key: str, value: Any) -> Any:
         if value is None and self.nullable:
             return None
+        if self.kind is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+            number = Option(float, self.help, min=self.min, max=self.max)
+            return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items())}
         ok = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
@@ -64,12 +70,13 @@ class Option:
 Schema = dict[str, Option]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "", leaves: frozenset = frozenset()) -> dict[str, Any]:
+    """Nested mapping -> dotted keys; keys in ``leaves`` (mapping-valued options) stay whole."""
     flat = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "."))
+        if isinstance(v, dict) and key not in leaves:
+            flat.update(flatten(v, key + ".", leaves))
         else:
             flat[key] = v
     return flat
@@ -82,7 +89,7 @@ def _unknown(key: str, schema: Schema) -> ConfigError:
     return ConfigError(f"config error: unknown key {key!r}; allowed{' under ' + section[:-1] if siblings and section else ''}: {allowed}")
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike, leaves: frozenset = frozenset()) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             tree = yaml.safe_load(f) or {}
@@ -92,7 +99,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config error: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config error: {path} must hold a mapping of keys to values")
-    return flatten(tree)
+    return flatten(tree, leaves=leaves)
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -110,12 +117,17 @@ def parse_set(item: str) -> tuple[str, Any]:
 def load(pipeline: str, schema: Schema, config_file: str | None = None,
          overrides: list[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults from configs/PIPELINE.yaml, then the user's file, then --set, then CLI flags."""
-    config = read_yaml(CONFIG_DIR / f"{pipeline}.yaml")
-    layers = [read_yaml(config_file)] if config_file else []
+    leaves = frozenset(k for k, o in schema.items() if o.kind is dict)
+    config = read_yaml(CONFIG_DIR / f"{pipeline}.yaml", leaves)
+    layers = [read_yaml(config_file, leaves)] if config_file else []
     layers.append(dict(parse_set(item) for item in overrides))
     layers.append({k: v for k, v in (extra or {}).items() if v is not None})
     for layer in layers:
         for key, value in layer.items():
+            parent, _, child = key.rpartition(".")
+            if key not in schema and parent in leaves:  # --set select.language_thresholds.en=0.3
+                config[parent] = {**(config.get(parent) or {}), child: value}
+                continue
             if key not in schema:
                 raise _unknown(key, schema)
             config[key] = value
@@ -125,7 +137,7 @@ def load(pipeline: str, schema: Schema, config_file: str | None = None,
     return {key: schema[key].check(key, config[key]) for key in schema}
 
 
-def section(config: dict[str, Any], name: str) -> dict[str, Any]:
+def section(config: dict[str, Any], name: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """``section(cfg, 'filters')`` -> {'min_image_size': 200, ...}."""
     prefix = name + "."
-    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix) and k[len(prefix):] not in exclude}

@@ -41,6 +41,7 @@ class Sample:
     sha256: str | None = None
     clip_score: float | None = None
     image_embedding: np.ndarray | None = field(default=None, repr=False)
+    text_embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def order(self) -> tuple[int, int]:

@@ -33,11 +33,13 @@ def count_decisions(decisions_dir: str) -> dict:
 
 
 def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_seconds: float,
-                 stage_seconds: dict, shards: dict, runner: str) -> dict:
+                 stage_seconds: dict, shards: dict | None, runner: str) -> dict:
+    """``shards`` is sizes.json's content, or None for a pipeline that writes no shards."""
     report = {
         "pipeline": pipeline,
         "counts": counts,
-        "shards": {"count": len(shards), "samples": sum(shards.values())},
+        "writes_shards": shards is not None,
+        "shards": {"count": len(shards or {}), "samples": sum((shards or {}).values())},
         "time": {"wall_seconds": round(wall_seconds, 2),
                  "samples_per_second": round(counts["input"] / wall_seconds, 1) if wall_seconds else None,
                  # summed over workers: where the work went, not elapsed time
@@ -54,13 +56,16 @@ def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_s
 def summary(report: dict, out_dir: str) -> str:
     c = report["counts"]
     pct = (lambda n: f"{100 * n / c['input']:.1f}%") if c["input"] else (lambda n: "-")
-    lines = [f"{report['pipeline']}: {c['input']} samples in, {c['kept']} kept ({pct(c['kept'])}), "
+    kept = "kept" if report["writes_shards"] else "scored"
+    lines = [f"{report['pipeline']}: {c['input']} samples in, {c['kept']} {kept} ({pct(c['kept'])}), "
              f"{c['dropped']} dropped, in {report['time']['wall_seconds']:.1f}s "
              f"({report['time']['samples_per_second']} samples/s)"]
     for reason, n in c["dropped_by_reason"].items():
         lines.append(f"  dropped {reason:<24} {n:>8}  {pct(n)}")
     if c["unreadable_shards"]:
         lines.append(f"  unreadable shards: {c['unreadable_shards']} (see decisions, stage 'read')")
-    lines.append(f"  {report['shards']['count']} curated shards in {os.path.join(out_dir, 'shards')}; "
-                 f"decisions in {os.path.join(out_dir, 'decisions')}; report {os.path.join(out_dir, 'report.json')}")
+    where = (f"{report['shards']['count']} curated shards in {os.path.join(out_dir, 'shards')}"
+             if report["writes_shards"] else f"embeddings in {os.path.join(out_dir, 'embeddings')}")
+    lines.append(f"  {where}; decisions in {os.path.join(out_dir, 'decisions')}; "
+                 f"report {os.path.join(out_dir, 'report.json')}")
     return "\n".join(lines)

@@ -22,10 +22,10 @@ from curate.models.clip import ModelLoadError, validate
 
 log = logging.getLogger("curate")
 
-PIPELINES = {"laion_filter": "pipelines.laion_filter"}
+PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score"}
 DEFAULT_RUNNER = "FnApiRunner"
 # What a run writes under its output folder; --overwrite removes exactly these, nothing else.
-RUN_OUTPUTS = ("shards", "decisions", "report.json")
+RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json")
 
 
 class UsageError(Exception):
@@ -77,8 +77,7 @@ def prepare_output(out: str, overwrite: bool) -> None:
     for name in existing:
         path = os.path.join(out, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    for sub in ("shards", "decisions"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    os.makedirs(os.path.join(out, "decisions"), exist_ok=True)
 
 
 def sample_corpus(out: str, cfg: dict) -> str:
@@ -160,6 +159,7 @@ def run(argv=None) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import StandardOptions
 
+    from curate.embeddings import check_store
     from curate.report import count_decisions, summary, write_report
     from curate.shards import list_input_shards, write_sizes
 
@@ -167,10 +167,17 @@ def run(argv=None) -> dict:
     module = _pipeline_module(args.pipeline)
     cfg = config_lib.load(args.pipeline, module.SCHEMA, args.config, args.set,
                           {"input": args.input, "output": args.output})
-    if hasattr(module, "scorer_spec"):
+    reuse = cfg.get("scores")
+    if reuse:
+        try:
+            check_store(reuse)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        cfg["scores"] = os.path.abspath(reuse)
+    elif hasattr(module, "scorer_spec"):
         validate(module.scorer_spec(cfg))
     options = beam_options(beam_args)
-    if cfg["input"] is not None:
+    if cfg["input"] is not None and not reuse:
         try:
             list_input_shards(cfg["input"])
         except ValueError as e:
@@ -178,7 +185,7 @@ def run(argv=None) -> dict:
     out = cfg["output"] = os.path.abspath(cfg["output"])
     prepare_output(out, args.overwrite)
     log.info("output folder: %s", out)
-    if cfg["input"] is None:
+    if cfg["input"] is None and not reuse:
         cfg["input"] = sample_corpus(out, cfg)
 
     t0 = time.time()
@@ -189,11 +196,14 @@ def run(argv=None) -> dict:
         result.wait_until_finish()
     wall = time.time() - t0
 
-    shard_dir = os.path.join(out, "shards")
-    if not os.path.exists(os.path.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
-        write_sizes(shard_dir, {})
-    with open(os.path.join(shard_dir, "sizes.json")) as f:
-        shards = json.load(f)
+    shards = None
+    if getattr(module, "WRITES_SHARDS", False):
+        shard_dir = os.path.join(out, "shards")
+        os.makedirs(shard_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
+            write_sizes(shard_dir, {})
+        with open(os.path.join(shard_dir, "sizes.json")) as f:
+            shards = json.load(f)
     report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
                           _stage_seconds(result), shards, options.view_as(StandardOptions).runner)
     print(summary(report, out))

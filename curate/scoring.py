@@ -150,7 +150,10 @@ class _AttachScores(beam.DoFn):
         scores = clip.cosine(img, txt)
         for i, sample in enumerate(result.example.samples):
             sample.clip_score = round(float(scores[i]), SCORE_DECIMALS)
-            sample.image_embedding = img[i]
+            # Stored embeddings are float16; selecting on the same values makes a re-run on stored
+            # scores decide exactly as this run does.
+            sample.image_embedding = img[i].astype(np.float16).astype(np.float32)
+            sample.text_embedding = txt[i].astype(np.float16).astype(np.float32)
             yield sample
 
 

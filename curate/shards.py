@@ -190,6 +190,7 @@ class WriteShardFn(beam.DoFn):
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
                          "source_shard": s.shard_path, "source_index": s.member_index})
         name = f"{shard_id:05d}"
+        os.makedirs(self._out_dir, exist_ok=True)
         write_tar(os.path.join(self._out_dir, f"{name}.tar"), members)
         with atomic_path(os.path.join(self._out_dir, f"{name}.parquet")) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), tmp)
@@ -211,6 +212,7 @@ class _WriteSizes(beam.DoFn):
 
 def write_sizes(out_dir: str, sizes: dict[str, int]) -> None:
     """sizes.json, as open_clip_train reads it: {"NNNNN.tar": samples}."""
+    os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, "sizes.json")) as tmp:
         with open(tmp, "w") as f:
             json.dump(dict(sorted(sizes.items())), f, indent=1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from curate.io import IMAGE_EXTS, sample_json
-from curate.records import BASIC_FILTER, DECODE, RawSample, Sample
+from curate.records import DECODE, RawSample, Sample
 from filters import basic
 from filters.image import MISSING_IMAGE, decode_image
 
@@ -23,7 +23,6 @@ class BasicFilterParams:
     min_caption_words: int = 3
     min_caption_chars: int = 6
     boilerplate_captions: bool = True
-    max_image_pixels: int = 89_478_485
 
 
 @dataclass
@@ -36,8 +35,8 @@ class Verdict:
 
 
 
-def check_sample(raw: RawSample, params: BasicFilterParams) -> Verdict:
-    """Decode the image and apply the basic filters; the first failing check gives the reason."""
+def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485) -> Verdict:
+    """Read the caption and decode the image; a sample that cannot be scored gets its reason here."""
     image_ext = next((ext for ext in IMAGE_EXTS if ext in raw.fields), None)
     data = raw.fields.get(image_ext) if image_ext else None
     meta = sample_json(raw.fields)
@@ -53,10 +52,18 @@ def check_sample(raw: RawSample, params: BasicFilterParams) -> Verdict:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
     if data is None:
         return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE)
-    decoded = decode_image(data, params.max_image_pixels)
+    decoded = decode_image(data, max_image_pixels)
     sample.width, sample.height = decoded.width, decoded.height
     if decoded.reason:
         return Verdict(sample, reason=decoded.reason, stage=DECODE, detail=decoded.detail)
+    return Verdict(sample, image=decoded.image)
+
+
+def basic_filter(sample: Sample, params: BasicFilterParams) -> str | None:
+    """DataComp's basic filter on a decoded sample's metadata: the first failing rule's reason.
+
+    It reads only metadata (size, caption), so it can be re-run on stored scores without images.
+    """
     checks = [
         lambda: basic.image_too_small(sample.width, sample.height, params.min_image_size),
         lambda: basic.extreme_aspect_ratio(sample.width, sample.height, params.max_aspect_ratio),
@@ -66,5 +73,5 @@ def check_sample(raw: RawSample, params: BasicFilterParams) -> Verdict:
     for check in checks:
         reason = check()
         if reason:
-            return Verdict(sample, reason=reason, stage=BASIC_FILTER)
-    return Verdict(sample, image=decoded.image)
+            return reason
+    return None

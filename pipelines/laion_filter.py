@@ -1,7 +1,9 @@
-"""laion_filter: raw shards -> basic filters -> CLIP score threshold -> exact and near dedup -> curated shards.
+"""laion_filter: raw shards -> CLIP scores -> basic filters -> score selection -> exact and near dedup -> shards.
 
-The recipe of LAION-5B (CLIP cosine threshold) with DataComp's basic filter in front and
-duplicate removal behind, as one Beam graph. Every input sample ends as exactly one row of the
+The recipe of LAION-5B (CLIP cosine threshold) with DataComp's basic filter and top-fraction mode,
+and duplicate removal behind, as one Beam graph. Scores come from the model, or from a previous
+score run's stored embeddings (``scores``), in which case no model is loaded and selection with
+other thresholds costs minutes, not GPU hours. Every input sample ends as exactly one row of the
 decisions table.
 """
 from __future__ import annotations
@@ -12,33 +14,37 @@ import time
 import apache_beam as beam
 
 from curate.config import Option, Schema, section
-from curate.models.clip import ScorerSpec
-from curate.records import CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
-from curate.scoring import ScoreWithClip, cpu_threads_per_worker
-from curate.shards import ReadRawShards, WriteCuratedShards, WriteDecisions, list_input_shards
-from filters import basic, dedup
-from filters.sample import BasicFilterParams, check_sample
+from curate.embeddings import ReadStoredScores, WriteEmbeddings
+from curate.records import BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
+from curate.scoring import cpu_threads_per_worker
+from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
+from filters import dedup, select
+from filters.sample import BasicFilterParams, basic_filter
+from pipelines import score
 
-DESCRIPTION = "basic filters, CLIP score threshold, exact and near-duplicate removal, curated shards"
+DESCRIPTION = "basic filters, CLIP score selection, exact and near-duplicate removal, curated shards"
 
 SCHEMA: Schema = {
-    "input": Option(str, "raw shards: a folder, a glob or a .tar; null = the built-in sample corpus", nullable=True),
-    "output": Option(str, "output folder"),
-    "sample_corpus.samples": Option(int, "size of the built-in sample corpus", min=1),
-    "sample_corpus.seed": Option(int, "seed of the built-in sample corpus"),
-    "sample_corpus.noise": Option(float, "fraction of noisy samples in the built-in corpus", min=0, max=1),
+    **score.INPUT_SCHEMA,
+    "scores": Option(str, "reuse the stored scores of this score/laion_filter output folder: no model is "
+                     "loaded; null = score now", nullable=True),
+    "save_embeddings": Option(bool, "write OUT/embeddings (clip-retrieval layout) for later re-selection"),
     "filters.min_image_size": Option(int, "drop images whose shorter side is below this (px)", min=0),
     "filters.max_aspect_ratio": Option(float, "drop images whose long/short side ratio exceeds this", min=1),
     "filters.min_caption_words": Option(int, "drop captions with fewer words", min=0),
     "filters.min_caption_chars": Option(int, "drop captions with fewer characters", min=0),
     "filters.boilerplate_captions": Option(bool, "drop file-name and web-boilerplate captions"),
-    "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs)", min=1),
-    "scorer.model": Option(str, "open_clip model name (open_clip.list_models()) or curate-demo-64"),
-    "scorer.pretrained": Option(str, "'demo', an open_clip pretrained tag, a local checkpoint path, or 'random'"),
-    "scorer.batch_size": Option(int, "images per model call", min=1),
-    "scorer.device": Option(str, "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
-    "scorer.precision": Option(str, "autocast on GPU; CPU runs fp32", choices=("auto", "fp32", "fp16", "bf16")),
-    "select.clip_threshold": Option(float, "drop pairs whose image-text cosine is below this", min=-1, max=1),
+    **score.SCORER_SCHEMA,
+    "select.mode": Option(str, "threshold: absolute cosine (LAION); language: per-language thresholds; "
+                          "fraction: top fraction of the corpus (DataComp)", choices=("threshold", "language", "fraction")),
+    "select.clip_threshold": Option(float, "mode threshold: drop pairs whose image-text cosine is below this",
+                                    min=-1, max=1),
+    "select.language_thresholds": Option(dict, "mode language: threshold per language code; 'default' for "
+                                         "the others and for unknown languages", min=-1, max=1),
+    "select.detect_language": Option(bool, "mode language: detect the caption's language (py3langid) when "
+                                     "the sample's json has none"),
+    "select.fraction": Option(float, "mode fraction: keep this share of the scored, filtered corpus",
+                              min=0, max=1),
     "dedup.exact": Option(bool, "drop samples whose image bytes repeat (sha256)"),
     "dedup.near": Option(bool, "drop near-duplicate images (CLIP image-embedding cosine)"),
     "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates",
@@ -46,41 +52,75 @@ SCHEMA: Schema = {
     "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1),
 }
 
-
-def scorer_spec(config: dict) -> ScorerSpec:
-    s = section(config, "scorer")
-    return ScorerSpec(model=s["model"], pretrained=s["pretrained"], device=s["device"], precision=s["precision"])
+scorer_spec = score.scorer_spec
+WRITES_SHARDS = True
 
 
-class CheckSamples(beam.DoFn):
-    """RawSample -> (Sample, image) for samples that pass; a decision row (tag 'decisions') otherwise."""
+class BasicFilters(beam.DoFn):
+    """DataComp's basic filter on a scored sample's metadata; a decision row (tag 'decisions') on failure."""
 
     def __init__(self, params: BasicFilterParams):
         self._params = params
 
-    def process(self, raw):
-        t0 = time.perf_counter()
-        verdict = check_sample(raw, self._params)
-        beam.metrics.Metrics.counter("curate.time_ms", "decode_and_filter").inc(
-            int((time.perf_counter() - t0) * 1000))
-        if verdict.reason:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail))
-        else:
-            yield verdict.sample, verdict.image
-
-
-class ApplyThreshold(beam.DoFn):
-    def __init__(self, threshold: float):
-        self._threshold = threshold
-
     def process(self, sample):
-        reason = basic.low_clip_score(sample.clip_score, self._threshold)
+        reason = basic_filter(sample, self._params)
         if reason:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                sample, False, CLIP_SCORE, reason, clip_threshold=self._threshold))
+            yield beam.pvalue.TaggedOutput("decisions", decision(sample, False, BASIC_FILTER, reason))
         else:
             yield sample
+
+
+class ThresholdFn(beam.DoFn):
+    """Absolute threshold, or a threshold per language (the language detected when not recorded)."""
+
+    def __init__(self, threshold: float, language_thresholds: dict | None = None, detect: bool = False):
+        self._threshold, self._by_language, self._detect = threshold, language_thresholds, detect
+
+    def process(self, sample):
+        threshold = self._threshold
+        if self._by_language is not None:
+            sample.language = select.language_of(sample, self._detect)
+            threshold = select.language_threshold(sample.language, self._by_language)
+        reason = select.below_threshold(sample, threshold)
+        if reason:
+            yield beam.pvalue.TaggedOutput("decisions", decision(
+                sample, False, CLIP_SCORE, reason, clip_threshold=threshold))
+        else:
+            yield sample
+
+
+class TopFractionFn(beam.DoFn):
+    def __init__(self, fraction: float):
+        self._fraction = fraction
+
+    def process(self, element):
+        _, samples = element
+        kept, dropped, cutoff = select.top_fraction(list(samples), self._fraction)
+        yield from kept
+        for s in dropped:
+            yield beam.pvalue.TaggedOutput("decisions", decision(
+                s, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoff))
+
+
+class SelectByScore(beam.PTransform):
+    """One of the three selection modes; returns the passing samples (main) and 'decisions'."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, samples):
+        cfg, mode = self._cfg, self._cfg["select.mode"]
+        if mode == "fraction":
+            return (samples
+                    | "All" >> beam.Map(lambda s: (0, s))
+                    | "GatherScores" >> beam.GroupByKey()
+                    | "TopFraction" >> beam.ParDo(TopFractionFn(cfg["select.fraction"])).with_outputs(
+                        "decisions", main="passed"))
+        by_language = cfg["select.language_thresholds"] if mode == "language" else None
+        return samples | "Threshold" >> beam.ParDo(ThresholdFn(
+            cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])).with_outputs(
+            "decisions", main="passed")
 
 
 def _duplicate_decision(d: dedup.Duplicate, stage: str, reason: str) -> dict:
@@ -161,18 +201,21 @@ class LaionFilter(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, out = self._cfg, self._cfg["output"]
-        read = pbegin | "ReadRawShards" >> ReadRawShards(self._paths)
-        checked = read.samples | "DecodeAndBasicFilters" >> beam.ParDo(
-            CheckSamples(BasicFilterParams(**section(cfg, "filters")))).with_outputs("decisions", main="passed")
-        scored = checked.passed | "ClipScore" >> ScoreWithClip(
-            scorer_spec(cfg), cfg["scorer.batch_size"], self._cpu_threads)
-        selected = scored | "ClipThreshold" >> beam.ParDo(
-            ApplyThreshold(cfg["select.clip_threshold"])).with_outputs("decisions", main="passed")
+        if cfg["scores"]:
+            scored = pbegin | "ReadStoredScores" >> ReadStoredScores(cfg["scores"])
+        else:
+            scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(cfg, self._paths, self._cpu_threads)
+            if cfg["save_embeddings"]:
+                scored["samples"] | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        filtered = scored["samples"] | "BasicFilters" >> beam.ParDo(
+            BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))
+        ).with_outputs("decisions", main="passed")
+        selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
         deduped = selected.passed | "Deduplicate" >> Deduplicate(
             cfg["dedup.exact"], cfg["dedup.near"], cfg["dedup.near_threshold"])
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
             os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [read.decisions, checked.decisions, selected.decisions, deduped["decisions"],
+        all_decisions = [scored["decisions"], filtered.decisions, selected.decisions, deduped["decisions"],
                          written["decisions"]]
         return (all_decisions | "AllDecisions" >> beam.Flatten()
                 | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
@@ -180,5 +223,5 @@ class LaionFilter(beam.PTransform):
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:
     """Add laion_filter to ``pipeline`` (the CLI prepares input and output folders first)."""
-    pipeline | "LaionFilter" >> LaionFilter(config, list_input_shards(config["input"]),
-                                            cpu_threads_per_worker(pipeline.options))
+    paths = [] if config["scores"] else list_input_shards(config["input"])
+    pipeline | "LaionFilter" >> LaionFilter(config, paths, cpu_threads_per_worker(pipeline.options))

@@ -45,4 +45,4 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     run.prepare_output(str(tmp_path), overwrite=True)
     assert (tmp_path / "mine.txt").exists() and not (tmp_path / "report.json").exists()
-    assert (tmp_path / "shards").is_dir() and (tmp_path / "decisions").is_dir()
+    assert (tmp_path / "decisions").is_dir()

@@ -2,7 +2,7 @@
 import pytest
 
 from curate import config
-from pipelines import laion_filter
+from pipelines import laion_filter, score
 
 
 def load(*sets, file=None):
@@ -10,7 +10,9 @@ def load(*sets, file=None):
 
 
 def test_default_yaml_sets_exactly_the_schema_keys():
-    assert set(config.read_yaml(config.CONFIG_DIR / "laion_filter.yaml")) == set(laion_filter.SCHEMA)
+    leaves = frozenset(k for k, o in laion_filter.SCHEMA.items() if o.kind is dict)
+    assert set(config.read_yaml(config.CONFIG_DIR / "laion_filter.yaml", leaves)) == set(laion_filter.SCHEMA)
+    assert set(config.read_yaml(config.CONFIG_DIR / "score.yaml")) == set(score.SCHEMA)
     cfg = load()
     assert cfg["filters.min_image_size"] == 200 and cfg["filters.max_aspect_ratio"] == 3.0
 

@@ -1,0 +1,132 @@
+"""Stored scores: CLIP embeddings and metadata in clip-retrieval's layout, written once, reused by selection.
+
+    OUT/embeddings/img_emb/img_emb_P.npy     float16, L2-normalised, one row per scored sample
+    OUT/embeddings/text_emb/text_emb_P.npy   float16, L2-normalised, rows aligned with img_emb
+    OUT/embeddings/metadata/metadata_P.parquet  key, caption, language, sizes, sha256, clip_score,
+                                             and where the sample sits in its input shard
+
+P is the index of the input shard, so autofaiss and clip-retrieval can index the folders as they are.
+Samples that could not be scored (unreadable tar, undecodable image) are rows of OUT/decisions with
+stage 'read' or 'decode'; a selection run over stored scores carries them over.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.io import atomic_path
+from curate.records import DECISION_SCHEMA, DECODE, READ, Sample
+
+METADATA_SCHEMA = pa.schema([
+    ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("clip_score", pa.float32()),
+    ("image_ext", pa.string()), ("shard_index", pa.int64()), ("source_shard", pa.string()),
+    ("source_index", pa.int64()),
+])
+
+
+def write_part(emb_dir: str, part: int, samples: list[Sample]) -> None:
+    """One input shard's scored samples, in input order, as aligned npy + parquet files."""
+    samples = sorted(samples, key=lambda s: s.order)
+    for sub, prefix, rows in (("img_emb", "img_emb", [s.image_embedding for s in samples]),
+                              ("text_emb", "text_emb", [s.text_embedding for s in samples])):
+        os.makedirs(os.path.join(emb_dir, sub), exist_ok=True)
+        with atomic_path(os.path.join(emb_dir, sub, f"{prefix}_{part}.npy")) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.stack(rows).astype(np.float16))
+    table = pa.Table.from_pylist([{
+        "key": s.key, "caption": s.caption, "language": s.language, "width": s.width, "height": s.height,
+        "sha256": s.sha256, "clip_score": s.clip_score, "image_ext": s.image_ext, "shard_index": s.shard_index,
+        "source_shard": s.shard_path, "source_index": s.member_index} for s in samples], schema=METADATA_SCHEMA)
+    os.makedirs(os.path.join(emb_dir, "metadata"), exist_ok=True)
+    with atomic_path(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_part(emb_dir: str, part: int) -> list[Sample]:
+    if not os.path.exists(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")):
+        return []  # no sample of this input shard could be scored
+    meta = pq.read_table(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")).to_pylist()
+    img = np.load(os.path.join(emb_dir, "img_emb", f"img_emb_{part}.npy")).astype(np.float32)
+    txt = np.load(os.path.join(emb_dir, "text_emb", f"text_emb_{part}.npy")).astype(np.float32)
+    if not len(meta) == len(img) == len(txt):
+        raise ValueError(f"{emb_dir}: part {part} has {len(meta)} metadata rows but {len(img)}/{len(txt)} embeddings")
+    return [Sample(key=m["key"], shard_index=m["shard_index"], shard_path=m["source_shard"],
+                   member_index=m["source_index"], image_ext=m["image_ext"], caption=m["caption"],
+                   language=m["language"], width=m["width"], height=m["height"], sha256=m["sha256"],
+                   clip_score=m["clip_score"] if m["clip_score"] is None else round(m["clip_score"], 4),
+                   image_embedding=img[i], text_embedding=txt[i]) for i, m in enumerate(meta)]
+
+
+def list_parts(run_dir: str) -> list[int]:
+    """Input shard indices of a run: those with stored scores or with decisions."""
+    names = glob.glob(os.path.join(run_dir, "embeddings", "metadata", "metadata_*.parquet"))
+    parts = {int(re.search(r"metadata_(\d+)\.parquet$", n).group(1)) for n in names}
+    parts |= {int(os.path.basename(n)[:-8]) for n in glob.glob(os.path.join(run_dir, "decisions", "[0-9]*.parquet"))}
+    return sorted(parts)
+
+
+def check_store(run_dir: str) -> None:
+    """Raise ValueError with one line if ``run_dir`` holds no stored scores."""
+    if not glob.glob(os.path.join(run_dir, "embeddings", "metadata", "metadata_*.parquet")):
+        raise ValueError(f"no stored scores in {run_dir!r} (expected embeddings/metadata/metadata_*.parquet "
+                         "from a score or laion_filter run)")
+
+
+class _WritePart(beam.DoFn):
+    def __init__(self, emb_dir: str):
+        self._dir = emb_dir
+
+    def process(self, element):
+        part, samples = element
+        write_part(self._dir, part, list(samples))
+        yield part
+
+
+class WriteEmbeddings(beam.PTransform):
+    """Scored samples -> OUT/embeddings in clip-retrieval's layout, one part per input shard."""
+
+    def __init__(self, emb_dir: str):
+        super().__init__()
+        self._dir = emb_dir
+
+    def expand(self, samples):
+        return (samples
+                | "ByInputShard" >> beam.Map(lambda s: (s.shard_index, s))
+                | "Group" >> beam.GroupByKey()
+                | "Write" >> beam.ParDo(_WritePart(self._dir)))
+
+
+class _ReadPart(beam.DoFn):
+    def __init__(self, run_dir: str):
+        self._run_dir = run_dir
+
+    def process(self, part):
+        yield from read_part(os.path.join(self._run_dir, "embeddings"), part)
+        path = os.path.join(self._run_dir, "decisions", f"{part:05d}.parquet")
+        if os.path.exists(path):
+            for row in pq.read_table(path, schema=DECISION_SCHEMA).to_pylist():
+                if row["stage"] in (READ, DECODE):  # samples the score run could not score
+                    row["_shard_index"] = part
+                    yield beam.pvalue.TaggedOutput("decisions", row)
+
+
+class ReadStoredScores(beam.PTransform):
+    """A score run's folder -> Samples with scores and embeddings (main) and its unscored rows ('decisions')."""
+
+    def __init__(self, run_dir: str):
+        super().__init__()
+        self._run_dir = run_dir
+
+    def expand(self, pbegin):
+        parts = list_parts(self._run_dir)
+        return (pbegin
+                | "ListParts" >> beam.Create(parts)
+                | "Spread" >> beam.Reshuffle()
+                | "ReadPart" >> beam.ParDo(_ReadPart(self._run_dir)).with_outputs("decisions", main="samples"))

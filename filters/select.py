@@ -1,0 +1,53 @@
+"""Selection by CLIP score: absolute threshold (LAION), per-language thresholds, top fraction (DataComp).
+
+Pure functions over scored samples; the pipeline applies exactly one mode (``select.mode``).
+"""
+from __future__ import annotations
+
+import math
+
+from curate.records import Sample
+from filters.basic import LOW_CLIP_SCORE
+
+OUTSIDE_TOP_FRACTION = "outside_top_fraction"
+DEFAULT_LANGUAGE_KEY = "default"
+
+
+def detect_language(caption: str) -> str:
+    """ISO 639-1 code of the caption's language, by py3langid (langid.py's model, offline, 97 languages)."""
+    import py3langid
+
+    return py3langid.classify(caption)[0]
+
+
+def language_of(sample: Sample, detect: bool) -> str | None:
+    """The language recorded in the sample's metadata; else, if ``detect``, the detected one."""
+    if sample.language:
+        return sample.language
+    return detect_language(sample.caption) if detect and sample.caption else None
+
+
+def language_threshold(language: str | None, thresholds: dict[str, float]) -> float:
+    """LAION-5B: ViT-B/32 cosine >= 0.28 for English, multilingual CLIP >= 0.26 for the rest.
+
+    ``thresholds`` maps language codes to thresholds; ``default`` covers every other language
+    and samples whose language is unknown.
+    """
+    return thresholds.get(language or "", thresholds[DEFAULT_LANGUAGE_KEY])
+
+
+def below_threshold(sample: Sample, threshold: float) -> str | None:
+    """Absolute threshold: drop a pair whose image-text cosine is below ``threshold``."""
+    return LOW_CLIP_SCORE if sample.clip_score < threshold else None
+
+
+def top_fraction(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample], float | None]:
+    """DataComp's CLIP-score top fraction: keep the ceil(fraction * n) best-scoring samples.
+
+    Ties are broken by key, then input position, so the cut never depends on arrival order.
+    Returns (kept, dropped, the lowest kept score).
+    """
+    ranked = sorted(samples, key=lambda s: (-s.clip_score, s.key, s.order))
+    n = math.ceil(fraction * len(ranked))
+    kept, dropped = ranked[:n], ranked[n:]
+    return kept, dropped, (kept[-1].clip_score if kept else None)

@@ -1,0 +1,95 @@
+"""score: raw shards -> CLIP image and text embeddings plus per-sample metadata, computed once.
+
+The costly half of curation. Its output folder feeds laion_filter's ``scores`` setting, which then
+re-selects with any thresholds without loading the model again.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import apache_beam as beam
+
+from curate.config import Option, Schema, section
+from curate.embeddings import WriteEmbeddings
+from curate.models.clip import ScorerSpec
+from curate.records import decision
+from curate.scoring import ScoreWithClip, cpu_threads_per_worker
+from curate.shards import ReadRawShards, WriteDecisions, list_input_shards
+from filters.sample import decode_sample
+
+DESCRIPTION = "CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)"
+
+INPUT_SCHEMA: Schema = {
+    "input": Option(str, "raw shards: a folder, a glob or a .tar; null = the built-in sample corpus", nullable=True),
+    "output": Option(str, "output folder"),
+    "sample_corpus.samples": Option(int, "size of the built-in sample corpus", min=1),
+    "sample_corpus.seed": Option(int, "seed of the built-in sample corpus"),
+    "sample_corpus.noise": Option(float, "fraction of noisy samples in the built-in corpus", min=0, max=1),
+}
+SCORER_SCHEMA: Schema = {
+    "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs)", min=1),
+    "scorer.model": Option(str, "open_clip model name (open_clip.list_models()) or curate-demo-64"),
+    "scorer.pretrained": Option(str, "'demo', an open_clip pretrained tag, a local checkpoint path, or 'random'"),
+    "scorer.batch_size": Option(int, "images per model call", min=1),
+    "scorer.device": Option(str, "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
+    "scorer.precision": Option(str, "autocast on GPU; CPU runs fp32", choices=("auto", "fp32", "fp16", "bf16")),
+}
+SCHEMA: Schema = {**INPUT_SCHEMA, **SCORER_SCHEMA}
+
+
+def scorer_spec(config: dict) -> ScorerSpec:
+    s = section(config, "scorer")
+    return ScorerSpec(model=s["model"], pretrained=s["pretrained"], device=s["device"], precision=s["precision"])
+
+
+class DecodeSamples(beam.DoFn):
+    """RawSample -> (Sample, RGB image); a decision row (tag 'decisions') when it cannot be decoded."""
+
+    def __init__(self, max_image_pixels: int):
+        self._max_pixels = max_image_pixels
+
+    def process(self, raw):
+        t0 = time.perf_counter()
+        verdict = decode_sample(raw, self._max_pixels)
+        beam.metrics.Metrics.counter("curate.time_ms", "decode").inc(int((time.perf_counter() - t0) * 1000))
+        if verdict.reason:
+            yield beam.pvalue.TaggedOutput("decisions", decision(
+                verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail))
+        else:
+            yield verdict.sample, verdict.image
+
+
+class ScoreRawShards(beam.PTransform):
+    """Raw shards -> scored Samples (main) and rows for what could not be scored ('decisions')."""
+
+    def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0):
+        super().__init__()
+        self._cfg, self._paths, self._threads = config, shard_paths, cpu_threads
+
+    def expand(self, pbegin):
+        read = pbegin | "ReadRawShards" >> ReadRawShards(self._paths)
+        decoded = read.samples | "Decode" >> beam.ParDo(
+            DecodeSamples(self._cfg["filters.max_image_pixels"])).with_outputs("decisions", main="samples")
+        scored = decoded.samples | "ClipScore" >> ScoreWithClip(
+            scorer_spec(self._cfg), self._cfg["scorer.batch_size"], self._threads)
+        unscored = (read.decisions, decoded.decisions) | "Unscored" >> beam.Flatten()
+        return {"samples": scored, "decisions": unscored}
+
+
+class Score(beam.PTransform):
+    def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0):
+        super().__init__()
+        self._cfg, self._paths, self._threads = config, shard_paths, cpu_threads
+
+    def expand(self, pbegin):
+        out = self._cfg["output"]
+        scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads)
+        scored["samples"] | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        rows = scored["samples"] | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
+        return ((rows, scored["decisions"]) | "AllDecisions" >> beam.Flatten()
+                | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+
+
+def build(pipeline: beam.Pipeline, config: dict) -> None:
+    pipeline | "Score" >> Score(config, list_input_shards(config["input"]), cpu_threads_per_worker(pipeline.options))
