@@ -101,18 +101,6 @@ def sample_corpus(out: str, cfg: dict) -> str:
     return corpus
 
 
-def _stage_seconds(result) -> dict:
-    from apache_beam.metrics.metric import MetricsFilter
-    try:
-        counters = result.metrics().query(MetricsFilter().with_namespace("curate.time_ms"))["counters"]
-    except Exception:  # some runners (Dask) report no metrics
-        return {}
-    totals: dict[str, float] = {}
-    for c in counters:
-        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0) / 1000
-    return totals
-
-
 @contextlib.contextmanager
 def _local_worker_log_levels(out: str, options):
     """Give local multi-process workers the log levels of ``options``.
@@ -161,6 +149,7 @@ def run(argv=None) -> dict:
 
     from curate.embeddings import check_store
     from curate.report import count_decisions, summary, write_report
+    from curate.timing import stage_seconds
     from curate.shards import list_input_shards, write_sizes
 
     args, beam_args = parse_args(argv)
@@ -205,7 +194,7 @@ def run(argv=None) -> dict:
         with open(os.path.join(shard_dir, "sizes.json")) as f:
             shards = json.load(f)
     report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
-                          _stage_seconds(result), shards, options.view_as(StandardOptions).runner)
+                          stage_seconds(result), shards, options.view_as(StandardOptions).runner)
     print(summary(report, out))
     return report
 

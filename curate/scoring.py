@@ -14,6 +14,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from curate.models import clip
 from curate.records import Sample
+from curate.timing import timed
 
 log = logging.getLogger("curate.score")
 
@@ -56,10 +57,8 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
             self._started = time.perf_counter()
         results = []
         for clip_batch in batch:
-            t0 = time.perf_counter()
-            img, txt = self._encode_splitting(model, clip_batch.images, clip_batch.tokens)
-            beam.metrics.Metrics.counter("curate.time_ms", "clip_encode").inc(
-                int((time.perf_counter() - t0) * 1000))
+            with timed("clip_encode"):
+                img, txt = self._encode_splitting(model, clip_batch.images, clip_batch.tokens)
             results.append(PredictionResult(clip_batch, (img, txt)))
             before, self._scored = self._scored, self._scored + len(clip_batch.samples)
             if self._scored // 1000 > before // 1000:
@@ -104,11 +103,9 @@ class PrepareClipInputs(beam.DoFn):
 
     def process(self, element):
         sample, image = element
-        t0 = time.perf_counter()
-        tensor = self._transform(image)
-        tokens = self._tokenizer([sample.caption])[0]
-        beam.metrics.Metrics.counter("curate.time_ms", "clip_preprocess").inc(
-            int((time.perf_counter() - t0) * 1000))
+        with timed("clip_preprocess"):
+            tensor = self._transform(image)
+            tokens = self._tokenizer([sample.caption])[0]
         yield sample, (tensor, tokens)
 
 

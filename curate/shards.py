@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from curate.io import TarReadError, atomic_path, iter_tar_samples, sample_json, write_tar
 from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
+from curate.timing import add_time
 
 log = logging.getLogger("curate")
 
@@ -35,10 +36,6 @@ def list_input_shards(spec: str) -> list[str]:
     if not paths:
         raise ValueError(f"no .tar shards found at {spec!r}")
     return sorted(os.path.abspath(p) for p in paths)
-
-
-def _time(stage: str, seconds: float) -> None:
-    beam.metrics.Metrics.counter("curate.time_ms", stage).inc(int(seconds * 1000))
 
 
 class ReadShardFn(beam.DoFn):
@@ -69,7 +66,7 @@ class ReadShardFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("decisions", decision(stub, False, READ, UNREADABLE_TAR, detail=str(e)))
         beam.metrics.Metrics.counter("curate", "shards_read").inc()
         beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
-        _time(READ, reading)
+        add_time(READ, reading)
         log.info("done with shard %d/%d %s: %d samples", shard_index + 1, self._total, os.path.basename(path), count)
 
 
@@ -194,7 +191,7 @@ class WriteShardFn(beam.DoFn):
         write_tar(os.path.join(self._out_dir, f"{name}.tar"), members)
         with atomic_path(os.path.join(self._out_dir, f"{name}.parquet")) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), tmp)
-        _time(WRITE, time.perf_counter() - t0)
+        add_time(WRITE, time.perf_counter() - t0)
         log.info("wrote shard %s.tar: %d samples", name, len(samples))
         yield f"{name}.tar", len(samples)
 

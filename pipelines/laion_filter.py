@@ -9,7 +9,6 @@ decisions table.
 from __future__ import annotations
 
 import os
-import time
 
 import apache_beam as beam
 
@@ -17,6 +16,7 @@ from curate.config import Option, Schema, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings
 from curate.records import BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
 from curate.scoring import cpu_threads_per_worker
+from curate.timing import timed
 from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
 from filters import dedup, select
 from filters.sample import BasicFilterParams, basic_filter
@@ -149,9 +149,8 @@ class NearDedupFn(beam.DoFn):
         _, items = element
         samples = [x for x in items if not isinstance(x, dedup.Duplicate)]
         exact = [x for x in items if isinstance(x, dedup.Duplicate)]
-        t0 = time.perf_counter()
-        kept, near = dedup.near_duplicates(samples, self._threshold)
-        beam.metrics.Metrics.counter("curate.time_ms", NEAR_DEDUP).inc(int((time.perf_counter() - t0) * 1000))
+        with timed(NEAR_DEDUP):
+            kept, near = dedup.near_duplicates(samples, self._threshold)
         yield from kept
         for d in near:
             yield beam.pvalue.TaggedOutput("decisions", _duplicate_decision(d, NEAR_DEDUP, dedup.NEAR_DUPLICATE))

@@ -6,7 +6,6 @@ re-selects with any thresholds without loading the model again.
 from __future__ import annotations
 
 import os
-import time
 
 import apache_beam as beam
 
@@ -15,6 +14,7 @@ from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
 from curate.records import decision
 from curate.scoring import ScoreWithClip, cpu_threads_per_worker
+from curate.timing import timed
 from curate.shards import ReadRawShards, WriteDecisions, list_input_shards
 from filters.sample import decode_sample
 
@@ -50,9 +50,8 @@ class DecodeSamples(beam.DoFn):
         self._max_pixels = max_image_pixels
 
     def process(self, raw):
-        t0 = time.perf_counter()
-        verdict = decode_sample(raw, self._max_pixels)
-        beam.metrics.Metrics.counter("curate.time_ms", "decode").inc(int((time.perf_counter() - t0) * 1000))
+        with timed("decode"):
+            verdict = decode_sample(raw, self._max_pixels)
         if verdict.reason:
             yield beam.pvalue.TaggedOutput("decisions", decision(
                 verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail))
