@@ -9,7 +9,6 @@ import pyarrow as pa
 # Stages, in pipeline order; a decision row names the stage that made it.
 READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE = (
     "read", "decode", "basic_filter", "clip_score", "exact_dedup", "near_dedup", "write")
-STAGES = (READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE)
 
 
 @dataclass

@@ -91,6 +91,26 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
         return False
 
 
+MAX_CAPTION_CHARS = 2000
+MAX_ASPECT_BEFORE_RESIZE = 4
+
+
+def _bounded_aspect(image):
+    """Centre-crop the long side to 4x the short one before open_clip's resize-and-centre-crop.
+
+    The transform keeps only the central square, so the result is unchanged for any image the basic
+    filter would keep (ratio <= 3); a 1 x 100,000 image no longer becomes a 64 x 6,400,000 buffer.
+    """
+    w, h = image.size
+    if max(w, h) <= MAX_ASPECT_BEFORE_RESIZE * min(w, h):
+        return image
+    if w > h:
+        keep = MAX_ASPECT_BEFORE_RESIZE * h
+        return image.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+    keep = MAX_ASPECT_BEFORE_RESIZE * w
+    return image.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+
+
 class PrepareClipInputs(beam.DoFn):
     """Decoded image + caption -> (Sample, (image tensor, tokens)), on CPU before batching."""
 
@@ -104,8 +124,9 @@ class PrepareClipInputs(beam.DoFn):
     def process(self, element):
         sample, image = element
         with timed("clip_preprocess"):
-            tensor = self._transform(image)
-            tokens = self._tokenizer([sample.caption])[0]
+            tensor = self._transform(_bounded_aspect(image))
+            # The model reads 77 tokens at most; a megabyte caption must not stall the BPE.
+            tokens = self._tokenizer([sample.caption[:MAX_CAPTION_CHARS]])[0]
         yield sample, (tensor, tokens)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from curate.records import Sample
-from filters.basic import LOW_CLIP_SCORE
+from filters.basic import low_clip_score
 
 OUTSIDE_TOP_FRACTION = "outside_top_fraction"
 DEFAULT_LANGUAGE_KEY = "default"
@@ -38,7 +38,7 @@ def language_threshold(language: str | None, thresholds: dict[str, float]) -> fl
 
 def below_threshold(sample: Sample, threshold: float) -> str | None:
     """Absolute threshold: drop a pair whose image-text cosine is below ``threshold``."""
-    return LOW_CLIP_SCORE if sample.clip_score < threshold else None
+    return low_clip_score(sample.clip_score, threshold)
 
 
 def top_fraction(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample], float | None]:

@@ -70,3 +70,32 @@ def test_out_of_memory_batches_are_split_not_lost(monkeypatch):
     np.testing.assert_allclose(expected[0], result.inference[0], atol=1e-5)
     np.testing.assert_allclose(expected[1], result.inference[1], atol=1e-5)
     assert result.inference[0].shape == (8, 64)
+
+
+def test_extreme_images_and_huge_captions_are_prepared_cheaply():
+    """A 1 x 100,000 image and a 10 MB caption become ordinary model inputs, fast."""
+    import time
+
+    from PIL import Image
+
+    from curate.scoring import PrepareClipInputs
+
+    prep = PrepareClipInputs(clip.ScorerSpec())
+    prep.setup()
+    t0 = time.perf_counter()
+    for size in ((1, 100_000), (100_000, 1), (300, 200)):
+        sample = Sample("k", 0, "x.tar", 0, caption="word " * 2_000_000)
+        ((_, (tensor, tokens)),) = list(prep.process((sample, Image.new("RGB", size, (200, 10, 10)))))
+        assert tensor.shape == (3, 64, 64) and tokens.shape == (77,)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_bounded_aspect_leaves_filterable_images_alone():
+    from PIL import Image
+
+    from curate.scoring import _bounded_aspect
+
+    img = Image.new("RGB", (600, 200))
+    assert _bounded_aspect(img) is img
+    assert _bounded_aspect(Image.new("RGB", (1000, 100))).size == (400, 100)
+    assert _bounded_aspect(Image.new("RGB", (100, 1000))).size == (100, 400)
