@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.io import atomic_path
+from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, DECODE, READ, Sample
 
 METADATA_SCHEMA = pa.schema([
@@ -108,13 +109,14 @@ class _ReadPart(beam.DoFn):
         self._run_dir = run_dir
 
     def process(self, part):
-        yield from read_part(os.path.join(self._run_dir, "embeddings"), part)
+        for sample in read_part(os.path.join(self._run_dir, "embeddings"), part):
+            yield MAIN, sample
         path = os.path.join(self._run_dir, "decisions", f"{part:05d}.parquet")
         if os.path.exists(path):
             for row in pq.read_table(path, schema=DECISION_SCHEMA).to_pylist():
                 if row["stage"] in (READ, DECODE):  # samples the score run could not score
                     row["_shard_index"] = part
-                    yield beam.pvalue.TaggedOutput("decisions", row)
+                    yield DECISIONS, row
 
 
 class ReadStoredScores(beam.PTransform):
@@ -126,7 +128,7 @@ class ReadStoredScores(beam.PTransform):
 
     def expand(self, pbegin):
         parts = list_parts(self._run_dir)
-        return (pbegin
-                | "ListParts" >> beam.Create(parts)
-                | "Spread" >> beam.Reshuffle()
-                | "ReadPart" >> beam.ParDo(_ReadPart(self._run_dir)).with_outputs("decisions", main="samples"))
+        return split(pbegin
+                     | "ListParts" >> beam.Create(parts)
+                     | "Spread" >> beam.Reshuffle()
+                     | "ReadPart" >> beam.ParDo(_ReadPart(self._run_dir)), "ReadPart", "samples")

@@ -92,14 +92,15 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
 
 
 MAX_CAPTION_CHARS = 2000
-MAX_ASPECT_BEFORE_RESIZE = 4
+MAX_ASPECT_BEFORE_RESIZE = 20
 
 
 def _bounded_aspect(image):
-    """Centre-crop the long side to 4x the short one before open_clip's resize-and-centre-crop.
+    """Centre-crop the long side to 20x the short one before open_clip's resize-and-centre-crop.
 
-    The transform keeps only the central square, so the result is unchanged for any image the basic
-    filter would keep (ratio <= 3); a 1 x 100,000 image no longer becomes a 64 x 6,400,000 buffer.
+    Images up to 20:1 get open_clip's own preprocessing untouched (scores match it exactly); beyond,
+    where the basic filter drops them anyway, a 1 x 100,000 image no longer becomes a 64 x 6,400,000
+    buffer.
     """
     w, h = image.size
     if max(w, h) <= MAX_ASPECT_BEFORE_RESIZE * min(w, h):

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.io import TarReadError, atomic_path, iter_tar_samples, sample_json, write_tar
+from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
 from curate.timing import add_time
 
@@ -59,11 +60,11 @@ class ReadShardFn(beam.DoFn):
                     break
                 key, fields = item
                 count += 1
-                yield RawSample(key, shard_index, path, count - 1, fields)
+                yield MAIN, RawSample(key, shard_index, path, count - 1, fields)
         except TarReadError as e:
             log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
             stub = RawSample("", shard_index, path, -1, {})
-            yield beam.pvalue.TaggedOutput("decisions", decision(stub, False, READ, UNREADABLE_TAR, detail=str(e)))
+            yield DECISIONS, decision(stub, False, READ, UNREADABLE_TAR, detail=str(e))
         beam.metrics.Metrics.counter("curate", "shards_read").inc()
         beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
         add_time(READ, reading)
@@ -78,12 +79,11 @@ class ReadRawShards(beam.PTransform):
         self._paths = paths
 
     def expand(self, pbegin):
-        return (
+        return split(
             pbegin
             | "ListShards" >> beam.Create(list(enumerate(self._paths)))
             | "Spread" >> beam.Reshuffle()
-            | "ReadShard" >> beam.ParDo(ReadShardFn(len(self._paths))).with_outputs("decisions", main="samples")
-        )
+            | "ReadShard" >> beam.ParDo(ReadShardFn(len(self._paths))), "ReadShard", "samples")
 
 
 class _WriteDecisionShard(beam.DoFn):
@@ -143,16 +143,16 @@ class PlanShards(beam.DoFn):
         unique = []
         for s in samples:
             if s.key in seen:
-                yield beam.pvalue.TaggedOutput("decisions", decision(
+                yield DECISIONS, decision(
                     s, False, WRITE, DUPLICATE_KEY, kept_instead=seen[s.key].key,
-                    detail=f"key already used by {seen[s.key].shard_path}#{seen[s.key].member_index}"))
+                    detail=f"key already used by {seen[s.key].shard_path}#{seen[s.key].member_index}")
                 continue
             seen[s.key] = s
             unique.append(s)
         for start in range(0, len(unique), self._n):
-            yield start // self._n, unique[start:start + self._n]
+            yield MAIN, (start // self._n, unique[start:start + self._n])
         for s in unique:
-            yield beam.pvalue.TaggedOutput("decisions", decision(s, True, WRITE))
+            yield DECISIONS, decision(s, True, WRITE)
 
 
 class WriteShardFn(beam.DoFn):
@@ -224,12 +224,11 @@ class WriteCuratedShards(beam.PTransform):
         self._n = samples_per_shard
 
     def expand(self, kept):
-        plans = (
+        plans = split(
             kept
             | "All" >> beam.Map(lambda s: (0, s))
             | "Gather" >> beam.GroupByKey()
-            | "Plan" >> beam.ParDo(PlanShards(self._n)).with_outputs("decisions", main="shards")
-        )
+            | "Plan" >> beam.ParDo(PlanShards(self._n)), "Plan", "shards")
         sizes = (
             plans.shards
             | "Spread" >> beam.Reshuffle()

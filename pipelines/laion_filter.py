@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from curate.config import Option, Schema, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings
+from curate.outputs import DECISIONS, MAIN, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
 from curate.scoring import cpu_threads_per_worker
 from curate.timing import timed
@@ -65,9 +66,9 @@ class BasicFilters(beam.DoFn):
     def process(self, sample):
         reason = basic_filter(sample, self._params)
         if reason:
-            yield beam.pvalue.TaggedOutput("decisions", decision(sample, False, BASIC_FILTER, reason))
+            yield DECISIONS, decision(sample, False, BASIC_FILTER, reason)
         else:
-            yield sample
+            yield MAIN, sample
 
 
 class ThresholdFn(beam.DoFn):
@@ -83,10 +84,9 @@ class ThresholdFn(beam.DoFn):
             threshold = select.language_threshold(sample.language, self._by_language)
         reason = select.below_threshold(sample, threshold)
         if reason:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                sample, False, CLIP_SCORE, reason, clip_threshold=threshold))
+            yield DECISIONS, decision(sample, False, CLIP_SCORE, reason, clip_threshold=threshold)
         else:
-            yield sample
+            yield MAIN, sample
 
 
 class TopFractionFn(beam.DoFn):
@@ -96,10 +96,10 @@ class TopFractionFn(beam.DoFn):
     def process(self, element):
         _, samples = element
         kept, dropped, cutoff = select.top_fraction(list(samples), self._fraction)
-        yield from kept
+        for s in kept:
+            yield MAIN, s
         for s in dropped:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                s, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoff))
+            yield DECISIONS, decision(s, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoff)
 
 
 class SelectByScore(beam.PTransform):
@@ -112,15 +112,13 @@ class SelectByScore(beam.PTransform):
     def expand(self, samples):
         cfg, mode = self._cfg, self._cfg["select.mode"]
         if mode == "fraction":
-            return (samples
-                    | "All" >> beam.Map(lambda s: (0, s))
-                    | "GatherScores" >> beam.GroupByKey()
-                    | "TopFraction" >> beam.ParDo(TopFractionFn(cfg["select.fraction"])).with_outputs(
-                        "decisions", main="passed"))
+            return split(samples
+                         | "All" >> beam.Map(lambda s: (0, s))
+                         | "GatherScores" >> beam.GroupByKey()
+                         | "TopFraction" >> beam.ParDo(TopFractionFn(cfg["select.fraction"])), "TopFraction", "passed")
         by_language = cfg["select.language_thresholds"] if mode == "language" else None
-        return samples | "Threshold" >> beam.ParDo(ThresholdFn(
-            cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])).with_outputs(
-            "decisions", main="passed")
+        return split(samples | "Threshold" >> beam.ParDo(ThresholdFn(
+            cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])), "Threshold", "passed")
 
 
 def _duplicate_decision(d: dedup.Duplicate, stage: str, reason: str) -> dict:
@@ -134,9 +132,9 @@ class ExactDedupFn(beam.DoFn):
     def process(self, element):
         _sha, group = element
         kept, dups = dedup.exact_duplicates(list(group))
-        yield kept
+        yield MAIN, kept
         for d in dups:
-            yield beam.pvalue.TaggedOutput("duplicates", d)
+            yield "duplicates", d
 
 
 class NearDedupFn(beam.DoFn):
@@ -151,11 +149,12 @@ class NearDedupFn(beam.DoFn):
         exact = [x for x in items if isinstance(x, dedup.Duplicate)]
         with timed(NEAR_DEDUP):
             kept, near = dedup.near_duplicates(samples, self._threshold)
-        yield from kept
+        for s in kept:
+            yield MAIN, s
         for d in near:
-            yield beam.pvalue.TaggedOutput("decisions", _duplicate_decision(d, NEAR_DEDUP, dedup.NEAR_DUPLICATE))
+            yield DECISIONS, _duplicate_decision(d, NEAR_DEDUP, dedup.NEAR_DUPLICATE)
         for d in dedup.follow_to_kept(exact, near):
-            yield beam.pvalue.TaggedOutput("decisions", _duplicate_decision(d, EXACT_DEDUP, dedup.EXACT_DUPLICATE))
+            yield DECISIONS, _duplicate_decision(d, EXACT_DEDUP, dedup.EXACT_DUPLICATE)
 
 
 class Deduplicate(beam.PTransform):
@@ -173,19 +172,19 @@ class Deduplicate(beam.PTransform):
         pipeline = samples.pipeline
         exact_dups = pipeline | "NoExactDedup" >> beam.Create([])
         if self._exact:
-            exact = (samples
-                     | "BySha256" >> beam.Map(lambda s: (s.sha256, s))
-                     | "GroupSha256" >> beam.GroupByKey()
-                     | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn()).with_outputs("duplicates", main="kept"))
+            exact = split(samples
+                          | "BySha256" >> beam.Map(lambda s: (s.sha256, s))
+                          | "GroupSha256" >> beam.GroupByKey()
+                          | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn()), "KeepOnePerHash", "kept", "duplicates")
             samples, exact_dups = exact.kept, exact.duplicates
         if not self._near:
             return {"kept": samples, "decisions": exact_dups | "ExactDecisions" >> beam.Map(
                 _duplicate_decision, EXACT_DEDUP, dedup.EXACT_DUPLICATE)}
-        near = ((samples, exact_dups)
-                | "SamplesAndDuplicates" >> beam.Flatten()
-                | "All" >> beam.Map(lambda x: (0, x))
-                | "GatherEmbeddings" >> beam.GroupByKey()
-                | "KeepOnePerGroup" >> beam.ParDo(NearDedupFn(self._threshold)).with_outputs("decisions", main="kept"))
+        near = split((samples, exact_dups)
+                     | "SamplesAndDuplicates" >> beam.Flatten()
+                     | "All" >> beam.Map(lambda x: (0, x))
+                     | "GatherEmbeddings" >> beam.GroupByKey()
+                     | "KeepOnePerGroup" >> beam.ParDo(NearDedupFn(self._threshold)), "KeepOnePerGroup", "kept")
         return {"kept": near.kept, "decisions": near.decisions}
 
 
@@ -205,16 +204,16 @@ class LaionFilter(beam.PTransform):
         else:
             scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(cfg, self._paths, self._cpu_threads)
             if cfg["save_embeddings"]:
-                scored["samples"] | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
-        filtered = scored["samples"] | "BasicFilters" >> beam.ParDo(
-            BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))
-        ).with_outputs("decisions", main="passed")
+                scored.samples | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        filtered = split(scored.samples | "BasicFilters" >> beam.ParDo(
+            BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
+            "BasicFilters", "passed")
         selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
         deduped = selected.passed | "Deduplicate" >> Deduplicate(
             cfg["dedup.exact"], cfg["dedup.near"], cfg["dedup.near_threshold"])
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
             os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [scored["decisions"], filtered.decisions, selected.decisions, deduped["decisions"],
+        all_decisions = [scored.decisions, filtered.decisions, selected.decisions, deduped["decisions"],
                          written["decisions"]]
         return (all_decisions | "AllDecisions" >> beam.Flatten()
                 | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))

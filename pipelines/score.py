@@ -6,12 +6,14 @@ re-selects with any thresholds without loading the model again.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import apache_beam as beam
 
 from curate.config import Option, Schema, section
 from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
+from curate.outputs import DECISIONS, MAIN, split
 from curate.records import decision
 from curate.scoring import ScoreWithClip, cpu_threads_per_worker
 from curate.timing import timed
@@ -53,14 +55,13 @@ class DecodeSamples(beam.DoFn):
         with timed("decode"):
             verdict = decode_sample(raw, self._max_pixels)
         if verdict.reason:
-            yield beam.pvalue.TaggedOutput("decisions", decision(
-                verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail))
+            yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
         else:
-            yield verdict.sample, verdict.image
+            yield MAIN, (verdict.sample, verdict.image)
 
 
 class ScoreRawShards(beam.PTransform):
-    """Raw shards -> scored Samples (main) and rows for what could not be scored ('decisions')."""
+    """Raw shards -> .samples (scored Samples) and .decisions (rows for what could not be scored)."""
 
     def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0):
         super().__init__()
@@ -68,12 +69,12 @@ class ScoreRawShards(beam.PTransform):
 
     def expand(self, pbegin):
         read = pbegin | "ReadRawShards" >> ReadRawShards(self._paths)
-        decoded = read.samples | "Decode" >> beam.ParDo(
-            DecodeSamples(self._cfg["filters.max_image_pixels"])).with_outputs("decisions", main="samples")
+        decoded = split(read.samples | "Decode" >> beam.ParDo(
+            DecodeSamples(self._cfg["filters.max_image_pixels"])), "Decode", "samples")
         scored = decoded.samples | "ClipScore" >> ScoreWithClip(
             scorer_spec(self._cfg), self._cfg["scorer.batch_size"], self._threads)
         unscored = (read.decisions, decoded.decisions) | "Unscored" >> beam.Flatten()
-        return {"samples": scored, "decisions": unscored}
+        return SimpleNamespace(samples=scored, decisions=unscored)
 
 
 class Score(beam.PTransform):
@@ -84,9 +85,9 @@ class Score(beam.PTransform):
     def expand(self, pbegin):
         out = self._cfg["output"]
         scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads)
-        scored["samples"] | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
-        rows = scored["samples"] | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
-        return ((rows, scored["decisions"]) | "AllDecisions" >> beam.Flatten()
+        scored.samples | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        rows = scored.samples | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
+        return ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
                 | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
 
 

@@ -95,7 +95,7 @@ def test_bounded_aspect_leaves_filterable_images_alone():
 
     from curate.scoring import _bounded_aspect
 
-    img = Image.new("RGB", (600, 200))
+    img = Image.new("RGB", (2000, 100))
     assert _bounded_aspect(img) is img
-    assert _bounded_aspect(Image.new("RGB", (1000, 100))).size == (400, 100)
-    assert _bounded_aspect(Image.new("RGB", (100, 1000))).size == (100, 400)
+    assert _bounded_aspect(Image.new("RGB", (3000, 100))).size == (2000, 100)
+    assert _bounded_aspect(Image.new("RGB", (100, 3000))).size == (100, 2000)
