@@ -132,8 +132,8 @@ def beam_options(beam_args: list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
     options = PipelineOptions(beam_args)
-    if not options.view_as(StandardOptions).runner:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    standard = options.view_as(StandardOptions)
+    standard.runner = standard.runner or DEFAULT_RUNNER
     harness = options.view_as(WorkerOptions)
     if harness.default_sdk_harness_log_level is None:
         # Worker processes log every gRPC step at INFO; keep curate's own progress lines.

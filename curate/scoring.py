@@ -10,7 +10,6 @@ import apache_beam as beam
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from apache_beam.transforms.window import GlobalWindows
 
 from curate.models import clip
 from curate.records import Sample
@@ -34,7 +33,7 @@ class ClipBatch:
 class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Module]):
     """Loads one open_clip model per worker and encodes ClipBatches.
 
-    Batches arrive already built (see BatchPerShard), so RunInference passes them one at a time.
+    Batches arrive already built (see pipelines/score.py), so RunInference passes them one at a time.
     On a CUDA out-of-memory error a batch is split in half and retried, down to single samples,
     so a batch size that is too large costs time, not samples.
     """
@@ -112,53 +111,23 @@ def _bounded_aspect(image):
     return image.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
 
 
-class PrepareClipInputs(beam.DoFn):
-    """Decoded image + caption -> (Sample, (image tensor, tokens)), on CPU before batching."""
+class ClipPreprocessor:
+    """Decoded image + caption -> (image tensor, token ids), open_clip's eval preprocessing, on CPU."""
 
     def __init__(self, spec: clip.ScorerSpec):
-        self._spec = spec
+        self._transform = clip.image_transform(spec)
+        self._tokenizer = clip.tokenizer(spec.model)
 
-    def setup(self):
-        self._transform = clip.image_transform(self._spec)
-        self._tokenizer = clip.tokenizer(self._spec.model)
-
-    def process(self, element):
-        sample, image = element
+    def __call__(self, image, caption: str):
         with timed("clip_preprocess"):
             tensor = self._transform(_bounded_aspect(image))
             # The model reads 77 tokens at most; a megabyte caption must not stall the BPE.
-            tokens = self._tokenizer([sample.caption[:MAX_CAPTION_CHARS]])[0]
-        yield sample, (tensor, tokens)
+            tokens = self._tokenizer([caption[:MAX_CAPTION_CHARS]])[0]
+        return tensor, tokens
 
 
-class BatchPerShard(beam.DoFn):
-    """(Sample, inputs) -> ClipBatch of ``batch_size`` consecutive samples of one shard.
-
-    On CPU a score's last bits depend on which batch it was computed in. Batches that never mix
-    shards and keep input order have the same content whatever the runner, bundling or number of
-    workers, so scores, and every output behind them, are byte-identical across runs. A shard is
-    read within one bundle, so its last, partial batch is flushed when the bundle ends.
-    """
-
-    def __init__(self, batch_size: int):
-        self._n = batch_size
-
-    def start_bundle(self):
-        self._buffers: dict[int, list] = {}
-
-    def process(self, element):
-        buf = self._buffers.setdefault(element[0].shard_index, [])
-        buf.append(element)
-        if len(buf) == self._n:
-            yield _stack(self._buffers.pop(element[0].shard_index))
-
-    def finish_bundle(self):
-        for shard in sorted(self._buffers):
-            yield GlobalWindows.windowed_value(_stack(self._buffers[shard]))
-        self._buffers = {}
-
-
-def _stack(items: list) -> ClipBatch:
+def stack(items: list) -> ClipBatch:
+    """[(Sample, (tensor, tokens))] -> one ClipBatch."""
     return ClipBatch([s for s, _ in items], torch.stack([x[0] for _, x in items]),
                      torch.stack([x[1] for _, x in items]))
 
@@ -177,19 +146,16 @@ class _AttachScores(beam.DoFn):
 
 
 class ScoreWithClip(beam.PTransform):
-    """(Sample, RGB image) -> Sample with clip_score and image_embedding set."""
+    """ClipBatches -> Samples with clip_score and image/text embeddings set."""
 
-    def __init__(self, spec: clip.ScorerSpec, batch_size: int, cpu_threads: int = 0):
+    def __init__(self, spec: clip.ScorerSpec, cpu_threads: int = 0):
         super().__init__()
         self._spec = spec
-        self._batch_size = batch_size
         self._cpu_threads = cpu_threads  # 0: torch's default (all cores)
 
-    def expand(self, decoded):
+    def expand(self, batches):
         return (
-            decoded
-            | "Preprocess" >> beam.ParDo(PrepareClipInputs(self._spec))
-            | "BatchPerShard" >> beam.ParDo(BatchPerShard(self._batch_size))
+            batches
             | "Encode" >> RunInference(OpenClipModelHandler(self._spec, self._cpu_threads))
             | "AttachScores" >> beam.ParDo(_AttachScores())
         )

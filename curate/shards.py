@@ -39,51 +39,31 @@ def list_input_shards(spec: str) -> list[str]:
     return sorted(os.path.abspath(p) for p in paths)
 
 
-class ReadShardFn(beam.DoFn):
-    """(shard index, path) -> RawSample per sample; a broken tar ends as a decision, not a crash."""
-
-    def __init__(self, total: int):
-        self._total = total
-
-    def process(self, element):
-        shard_index, path = element
-        count, reading = 0, 0.0
-        log.info("reading shard %d/%d %s", shard_index + 1, self._total, os.path.basename(path))
-        samples = iter_tar_samples(path)
-        try:
-            while True:
-                # Time only the tar reading: downstream stages run inside the yield.
-                t0 = time.perf_counter()
-                item = next(samples, None)
-                reading += time.perf_counter() - t0
-                if item is None:
-                    break
-                key, fields = item
-                count += 1
-                yield MAIN, RawSample(key, shard_index, path, count - 1, fields)
-        except TarReadError as e:
-            log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
-            stub = RawSample("", shard_index, path, -1, {})
-            yield DECISIONS, decision(stub, False, READ, UNREADABLE_TAR, detail=str(e))
-        beam.metrics.Metrics.counter("curate", "shards_read").inc()
-        beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
-        add_time(READ, reading)
-        log.info("done with shard %d/%d %s: %d samples", shard_index + 1, self._total, os.path.basename(path), count)
-
-
-class ReadRawShards(beam.PTransform):
-    """Shard paths -> RawSample elements (main output) and shard-level decisions (tag 'decisions')."""
-
-    def __init__(self, paths: list[str]):
-        super().__init__()
-        self._paths = paths
-
-    def expand(self, pbegin):
-        return split(
-            pbegin
-            | "ListShards" >> beam.Create(list(enumerate(self._paths)))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadShard" >> beam.ParDo(ReadShardFn(len(self._paths))), "ReadShard", "samples")
+def read_shard(shard_index: int, path: str, total: int):
+    """(MAIN, RawSample) per sample of one raw shard, in order; a broken tar ends as one
+    (DECISIONS, row) after the samples read before the damage, never as a crash."""
+    count, reading = 0, 0.0
+    log.info("reading shard %d/%d %s", shard_index + 1, total, os.path.basename(path))
+    samples = iter_tar_samples(path)
+    try:
+        while True:
+            # Time only the tar reading: downstream work runs inside the yield.
+            t0 = time.perf_counter()
+            item = next(samples, None)
+            reading += time.perf_counter() - t0
+            if item is None:
+                break
+            key, fields = item
+            count += 1
+            yield MAIN, RawSample(key, shard_index, path, count - 1, fields)
+    except TarReadError as e:
+        log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
+        stub = RawSample("", shard_index, path, -1, {})
+        yield DECISIONS, decision(stub, False, READ, UNREADABLE_TAR, detail=str(e))
+    beam.metrics.Metrics.counter("curate", "shards_read").inc()
+    beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
+    add_time(READ, reading)
+    log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, os.path.basename(path), count)
 
 
 class _WriteDecisionShard(beam.DoFn):

@@ -15,9 +15,9 @@ from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import decision
-from curate.scoring import ScoreWithClip, cpu_threads_per_worker
+from curate.scoring import ClipPreprocessor, ScoreWithClip, cpu_threads_per_worker, stack
+from curate.shards import WriteDecisions, list_input_shards, read_shard
 from curate.timing import timed
-from curate.shards import ReadRawShards, WriteDecisions, list_input_shards
 from filters.sample import decode_sample
 
 DESCRIPTION = "CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)"
@@ -45,19 +45,38 @@ def scorer_spec(config: dict) -> ScorerSpec:
     return ScorerSpec(model=s["model"], pretrained=s["pretrained"], device=s["device"], precision=s["precision"])
 
 
-class DecodeSamples(beam.DoFn):
-    """RawSample -> (Sample, RGB image); a decision row (tag 'decisions') when it cannot be decoded."""
+class ShardToClipBatches(beam.DoFn):
+    """(shard index, path) -> ClipBatches of the shard's decodable samples (MAIN), rows for the rest.
 
-    def __init__(self, max_image_pixels: int):
-        self._max_pixels = max_image_pixels
+    A batch holds ``batch_size`` consecutive samples of one shard, the shard's last batch fewer. On
+    CPU a score's last bits depend on the batch it is computed in; built inside one process() call,
+    batches have the same content on every runner, bundling and worker count, and so do the scores
+    and every output behind them. Decoding and preprocessing run here, on CPU, before batching.
+    """
 
-    def process(self, raw):
-        with timed("decode"):
-            verdict = decode_sample(raw, self._max_pixels)
-        if verdict.reason:
-            yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
-        else:
-            yield MAIN, (verdict.sample, verdict.image)
+    def __init__(self, spec: ScorerSpec, batch_size: int, max_image_pixels: int, total_shards: int):
+        self._spec, self._n, self._max_pixels, self._total = spec, batch_size, max_image_pixels, total_shards
+
+    def setup(self):
+        self._preprocess = ClipPreprocessor(self._spec)
+
+    def process(self, element):
+        batch = []
+        for tag, value in read_shard(*element, self._total):
+            if tag != MAIN:
+                yield tag, value
+                continue
+            with timed("decode"):
+                verdict = decode_sample(value, self._max_pixels)
+            if verdict.reason:
+                yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
+                continue
+            batch.append((verdict.sample, self._preprocess(verdict.image, verdict.sample.caption)))
+            if len(batch) == self._n:
+                yield MAIN, stack(batch)
+                batch = []
+        if batch:
+            yield MAIN, stack(batch)
 
 
 class ScoreRawShards(beam.PTransform):
@@ -68,13 +87,16 @@ class ScoreRawShards(beam.PTransform):
         self._cfg, self._paths, self._threads = config, shard_paths, cpu_threads
 
     def expand(self, pbegin):
-        read = pbegin | "ReadRawShards" >> ReadRawShards(self._paths)
-        decoded = split(read.samples | "Decode" >> beam.ParDo(
-            DecodeSamples(self._cfg["filters.max_image_pixels"])), "Decode", "samples")
-        scored = decoded.samples | "ClipScore" >> ScoreWithClip(
-            scorer_spec(self._cfg), self._cfg["scorer.batch_size"], self._threads)
-        unscored = (read.decisions, decoded.decisions) | "Unscored" >> beam.Flatten()
-        return SimpleNamespace(samples=scored, decisions=unscored)
+        cfg, spec = self._cfg, scorer_spec(self._cfg)
+        prepared = split(
+            pbegin
+            | "ListShards" >> beam.Create(list(enumerate(self._paths)))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadDecodePreprocess" >> beam.ParDo(ShardToClipBatches(
+                spec, cfg["scorer.batch_size"], cfg["filters.max_image_pixels"], len(self._paths))),
+            "ReadDecodePreprocess", "batches")
+        scored = prepared.batches | "ClipScore" >> ScoreWithClip(spec, self._threads)
+        return SimpleNamespace(samples=scored, decisions=prepared.decisions)
 
 
 class Score(beam.PTransform):

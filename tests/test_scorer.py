@@ -78,14 +78,12 @@ def test_extreme_images_and_huge_captions_are_prepared_cheaply():
 
     from PIL import Image
 
-    from curate.scoring import PrepareClipInputs
+    from curate.scoring import ClipPreprocessor
 
-    prep = PrepareClipInputs(clip.ScorerSpec())
-    prep.setup()
+    prep = ClipPreprocessor(clip.ScorerSpec())
     t0 = time.perf_counter()
     for size in ((1, 100_000), (100_000, 1), (300, 200)):
-        sample = Sample("k", 0, "x.tar", 0, caption="word " * 2_000_000)
-        ((_, (tensor, tokens)),) = list(prep.process((sample, Image.new("RGB", size, (200, 10, 10)))))
+        tensor, tokens = prep(Image.new("RGB", size, (200, 10, 10)), "word " * 2_000_000)
         assert tensor.shape == (3, 64, 64) and tokens.shape == (77,)
     assert time.perf_counter() - t0 < 10
 
