@@ -65,6 +65,16 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (f"{prefix}/{stem}" if prefix else stem), ext.lower()
 
 
+def is_safe_key(key: str) -> bool:
+    """A key that can name files anywhere downstream: relative, no '..' part, no backslash or NUL.
+
+    Keys become member names of the curated tars, and whoever extracts those must not be led out
+    of their folder.
+    """
+    return bool(key) and not key.startswith("/") and ".." not in key.split("/") and not any(
+        c in key for c in "\\\x00")
+
+
 class TarReadError(Exception):
     """The tar stream ended badly; samples read before the error were already yielded."""
 

@@ -16,7 +16,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io import TarReadError, atomic_path, iter_tar_samples, sample_json, write_tar
+from curate.io import TarReadError, atomic_path, is_safe_key, iter_tar_samples, sample_json, write_tar
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
 from curate.timing import add_time
@@ -24,6 +24,7 @@ from curate.timing import add_time
 log = logging.getLogger("curate")
 
 UNREADABLE_TAR = "unreadable_tar"
+UNSAFE_KEY = "unsafe_key"
 DUPLICATE_KEY = "duplicate_key"
 
 
@@ -55,7 +56,11 @@ def read_shard(shard_index: int, path: str, total: int):
                 break
             key, fields = item
             count += 1
-            yield MAIN, RawSample(key, shard_index, path, count - 1, fields)
+            raw = RawSample(key, shard_index, path, count - 1, fields)
+            if is_safe_key(key):
+                yield MAIN, raw
+            else:
+                yield DECISIONS, decision(raw, False, READ, UNSAFE_KEY, detail=f"member name {key!r}")
     except TarReadError as e:
         log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
         stub = RawSample("", shard_index, path, -1, {})

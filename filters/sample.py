@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from PIL import Image
@@ -35,6 +36,15 @@ class Verdict:
 
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_caption(text: str) -> str:
+    """Control characters (other than tab and newline) become spaces: they break tokenisers and
+    JSON consumers, and no caption means them."""
+    return _CONTROL.sub(" ", text)
+
+
 def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485) -> Verdict:
     """Read the caption and decode the image; a sample that cannot be scored gets its reason here."""
     image_ext = next((ext for ext in IMAGE_EXTS if ext in raw.fields), None)
@@ -47,7 +57,7 @@ def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485) -> Verdict
     if "txt" not in raw.fields:
         return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE)
     try:
-        sample.caption = raw.fields["txt"].decode("utf-8")
+        sample.caption = clean_caption(raw.fields["txt"].decode("utf-8"))
     except UnicodeDecodeError as e:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
     if data is None:

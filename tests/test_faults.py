@@ -1,0 +1,142 @@
+"""Hostile and broken raw shards: the run completes, each bad sample gets its own reason, nothing
+is written outside the output folder, and input == kept + dropped."""
+import io
+import os
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate import run, synth
+from curate.io import is_safe_key
+
+
+def jpeg(size=(256, 256), **kw):
+    rng = np.random.default_rng(0)
+    img = synth.render(synth.make_scene(rng), size, rng)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def cmyk_jpeg():
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg())).convert("CMYK").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def png(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+CAPTION = b"two small red circles on the left"
+
+
+def add(tar, name, data, kind=tarfile.REGTYPE, link=None):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if link:
+        info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    shards = root / "shards"
+    shards.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = Image.new("RGBA", (300, 300), (255, 0, 0, 128))
+    cases = {  # key -> (members, expected reason or None for kept/normalised)
+        "good": ({"jpg": jpeg(), "txt": CAPTION}, None),
+        "cmyk": ({"jpg": cmyk_jpeg(), "txt": CAPTION}, None),
+        "exifrot": ({"jpg": jpeg((320, 240), exif=exif.tobytes()), "txt": CAPTION}, None),
+        "alpha": ({"png": png(rgba), "txt": CAPTION}, None),
+        "palette": ({"png": png(Image.open(io.BytesIO(jpeg())).convert("P")), "txt": CAPTION}, None),
+        "sixteen": ({"png": png(Image.open(io.BytesIO(jpeg())).convert("L").convert("I;16")), "txt": CAPTION}, None),
+        "control": ({"jpg": jpeg(), "txt": b"two small\x07 red circles\x1b on the left"}, None),
+        "noimage": ({"txt": CAPTION}, "missing_image"),
+        "nocaption": ({"jpg": jpeg()}, "missing_caption"),
+        "notutf8": ({"jpg": jpeg(), "txt": b"\xff\xfe caption \xc3"}, "caption_not_utf8"),
+        "zerobyte": ({"jpg": b"", "txt": CAPTION}, "empty_image"),
+        "bomb": ({"png": png(Image.new("L", (12000, 12000))), "txt": CAPTION}, "decompression_bomb"),
+        "huge": ({"jpg": jpeg(), "txt": b"word " * 2_000_000}, None),
+    }
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        for key, (members, _) in cases.items():
+            for ext, data in members.items():
+                add(tar, f"{key}.{ext}", data)
+        add(tar, "/etc/abs.jpg", jpeg())
+        add(tar, "/etc/abs.txt", CAPTION)
+        add(tar, "../escape.jpg", jpeg())
+        add(tar, "../escape.txt", CAPTION)
+        add(tar, "linked.jpg", b"", tarfile.SYMTYPE, link="/etc/passwd")
+        add(tar, "linked.txt", CAPTION)
+        add(tar, "dup.jpg", jpeg())
+        add(tar, "dup.txt", CAPTION)
+        add(tar, "between.jpg", jpeg((300, 300)))
+        add(tar, "between.txt", CAPTION)
+        add(tar, "dup.jpg", jpeg((310, 300)))
+        add(tar, "dup.txt", CAPTION)
+    data = (shards / "00000.tar").read_bytes()
+    (shards / "00001.tar").write_bytes(data[: len(data) // 3])  # truncated mid-stream
+    (shards / "00002.tar").write_bytes(b"this is not a tar file at all" * 100)
+    out = root / "out"
+    report = run.run(["--pipeline", "laion_filter", "--input", str(shards), "--output", str(out),
+                      "--set", "select.clip_threshold=-1", "--set", "dedup.near=false",
+                      "--set", "dedup.exact=false"])
+    rows = pq.read_table(str(out / "decisions")).to_pylist()
+    return root, out, report, rows, cases
+
+
+def test_the_run_accounts_for_every_sample(hostile):
+    _, _, report, rows, _ = hostile
+    c = report["counts"]
+    samples = [r for r in rows if r["source_index"] >= 0]
+    assert c["input"] == len(samples) == c["kept"] + c["dropped"]
+    assert c["unreadable_shards"] == 2  # the truncated and the garbage tar
+
+
+def test_each_bad_sample_has_its_reason(hostile):
+    _, _, _, rows, cases = hostile
+    first = {r["key"]: r for r in rows if r["source_shard"].endswith("00000.tar")}
+    for key, (_, reason) in cases.items():
+        assert first[key]["reason"] == reason, key
+    assert first["/etc/abs"]["reason"] == "unsafe_key" and first["../escape"]["reason"] == "unsafe_key"
+    assert first["linked"]["reason"] == "missing_image"  # a link is never followed
+    dups = [r for r in rows if r["key"] == "dup" and r["source_shard"].endswith("00000.tar")]
+    assert sorted(r["reason"] or "kept" for r in dups) == ["duplicate_key", "kept"]
+
+
+def test_odd_images_are_normalised_and_kept(hostile):
+    _, out, _, rows, _ = hostile
+    first = {r["key"]: r for r in rows if r["source_shard"].endswith("00000.tar")}
+    assert (first["exifrot"]["width"], first["exifrot"]["height"]) == (240, 320)  # rotated upright
+    for key in ("cmyk", "alpha", "palette", "sixteen", "control", "huge"):
+        assert first[key]["kept"], key
+    import webdataset as wds
+    got = {s["__key__"]: s for s in wds.WebDataset(str(out / "shards" / "00000.tar"), shardshuffle=False)}
+    assert "\x07" not in got["control"]["txt"].decode() and "\x1b" not in got["control"]["txt"].decode()
+
+
+def test_nothing_written_outside_the_output_folder(hostile):
+    root, out, _, _, _ = hostile
+    assert sorted(p.name for p in root.iterdir()) == ["out", "shards"]
+    assert sorted(p.name for p in (root / "shards").iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
+    for dirpath, _dirs, files in os.walk(out):
+        for name in files:
+            assert os.path.realpath(os.path.join(dirpath, name)).startswith(str(out.resolve()))
+    for tar in (out / "shards").glob("*.tar"):
+        assert all(is_safe_key(m) for m in tarfile.open(tar).getnames())
+
+
+@pytest.mark.parametrize("key,safe", [("000123", True), ("dir/000123", True), ("", False),
+                                      ("/abs", False), ("../x", False), ("a/../b", False), ("a\\b", False)])
+def test_safe_keys(key, safe):
+    assert is_safe_key(key) is safe
