@@ -12,12 +12,14 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from curate import config as config_lib
+from curate.io import atomic_path, dumps_json
 from curate.models.clip import ModelLoadError, validate
 
 log = logging.getLogger("curate")
@@ -26,6 +28,8 @@ PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score
 DEFAULT_RUNNER = "FnApiRunner"
 # What a run writes under its output folder; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json")
+RUN_MARKER = ".curate_run.json"  # the settings of the run that owns the folder
+TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what curate.io.atomic_path writes before renaming
 
 
 class UsageError(Exception):
@@ -62,28 +66,44 @@ def parse_args(argv):
     return ap.parse_known_args(argv)
 
 
-def prepare_output(out: str, overwrite: bool) -> None:
-    """Refuse to mix two runs' outputs; never touch anything but this run's own output names."""
+def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}") -> bool:
+    """Make ``out`` ready for this run; return True when it resumes an interrupted identical run.
+
+    A folder holding another run is refused unless ``overwrite``; a folder holding the same run
+    (same pipeline, same settings: ``run_id``) is resumed: leftover temp files go, and the rerun
+    rewrites every output with the same bytes (outputs are deterministic, writes atomic).
+    Never touches anything but this run's own output names.
+    """
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create output folder {out!r}: {e.strerror}") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out!r} is not writable")
+    marker = Path(out, RUN_MARKER)
     existing = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out, name))]
-    if existing and not overwrite:
-        raise UsageError(f"output folder {out!r} already holds a run ({', '.join(existing)}); "
-                         "pass --overwrite to replace it, or choose another --output")
-    for name in existing:
-        path = os.path.join(out, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    resume = bool(existing) and not overwrite and marker.exists() and marker.read_bytes() == run_id
+    if existing and not (overwrite or resume):
+        raise UsageError(f"output folder {out!r} already holds a run with other settings "
+                         f"({', '.join(existing)}); pass --overwrite to replace it, or choose another --output")
+    if resume:
+        for dirpath, _dirs, files in os.walk(out):
+            for name in files:
+                if TEMP_NAME.match(name):
+                    os.remove(os.path.join(dirpath, name))
+    else:
+        for name in existing:
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(os.path.join(out, "decisions"), exist_ok=True)
+    with atomic_path(str(marker)) as tmp:
+        Path(tmp).write_bytes(run_id)
+    return resume
 
 
 def sample_corpus(out: str, cfg: dict) -> str:
     """Generate the built-in corpus inside the output folder (reused when the settings match)."""
     from curate import synth
-    from curate.io import atomic_path, dumps_json
 
     corpus = os.path.join(out, "sample_corpus")
     settings = config_lib.section(cfg, "sample_corpus")
@@ -172,7 +192,11 @@ def run(argv=None) -> dict:
         except ValueError as e:
             raise UsageError(str(e)) from None
     out = cfg["output"] = os.path.abspath(cfg["output"])
-    prepare_output(out, args.overwrite)
+    if cfg["input"] is not None:
+        cfg["input"] = os.path.abspath(cfg["input"])
+    run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k != "output"}})
+    if prepare_output(out, args.overwrite, run_id):
+        log.info("resuming the interrupted run in %s", out)
     log.info("output folder: %s", out)
     if cfg["input"] is None and not reuse:
         cfg["input"] = sample_corpus(out, cfg)
