@@ -54,14 +54,15 @@ def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485) -> Verdict
                     member_index=raw.member_index, image_ext=image_ext,
                     language=meta.get("language") if isinstance(meta.get("language"), str) else None,
                     sha256=hashlib.sha256(data).hexdigest() if data else None)
+    members = f"members: {', '.join(sorted(raw.fields)) or 'none'}"  # a dotted key shows as 'b.jpg'
     if "txt" not in raw.fields:
-        return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE)
+        return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE, detail=members)
     try:
         sample.caption = clean_caption(raw.fields["txt"].decode("utf-8"))
     except UnicodeDecodeError as e:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
     if data is None:
-        return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE)
+        return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE, detail=members)
     decoded = decode_image(data, max_image_pixels)
     sample.width, sample.height = decoded.width, decoded.height
     if decoded.reason:
