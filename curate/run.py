@@ -20,7 +20,7 @@ from pathlib import Path
 
 from curate import config as config_lib
 from curate.io import atomic_path, dumps_json
-from curate.models.clip import ModelLoadError, validate
+from curate.models.clip import ModelLoadError, fetch_weights
 
 log = logging.getLogger("curate")
 
@@ -184,7 +184,7 @@ def run(argv=None) -> dict:
             raise UsageError(str(e)) from None
         cfg["scores"] = os.path.abspath(reuse)
     elif hasattr(module, "scorer_spec"):
-        validate(module.scorer_spec(cfg))
+        fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
     if cfg["input"] is not None and not reuse:
         try:

@@ -46,3 +46,22 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     run.prepare_output(str(tmp_path), overwrite=True)
     assert (tmp_path / "mine.txt").exists() and not (tmp_path / "report.json").exists()
     assert (tmp_path / "decisions").is_dir()
+
+
+def test_unreachable_weights_stop_before_any_work(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "curate.run", "--pipeline", "laion_filter", "--output",
+                        str(tmp_path / "out"), "--set", "scorer.model=ViT-B-32",
+                        "--set", "scorer.pretrained=laion2b_s34b_b79k"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2
+    assert "cannot fetch weights 'laion2b_s34b_b79k' for ViT-B-32" in p.stderr
+    assert "scorer.pretrained=/path/to/checkpoint" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run.main(["--pipeline", "laion_filter", "--output", str(blocker / "out")]) == 2
+    assert "cannot create output folder" in capsys.readouterr().err

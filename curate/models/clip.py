@@ -77,6 +77,23 @@ def validate(spec: ScorerSpec) -> None:
                              f"{spec.model} (tags: {', '.join(tags) or 'none'})")
 
 
+def fetch_weights(spec: ScorerSpec) -> None:
+    """Resolve a pretrained tag's weights now (download into the local cache if needed).
+
+    Called by the CLI before any work, so a run without network access stops with one line that
+    says how to give a local checkpoint, instead of failing later inside every worker.
+    """
+    validate(spec)
+    if spec.pretrained in (DEMO, RANDOM) or os.path.isfile(spec.pretrained):
+        return
+    try:
+        open_clip.download_pretrained(open_clip.get_pretrained_cfg(spec.model, spec.pretrained))
+    except Exception as e:  # hub errors come in many types
+        raise ModelLoadError(
+            f"cannot fetch weights {spec.pretrained!r} for {spec.model} ({type(e).__name__}); without network "
+            "access, download the checkpoint elsewhere and set scorer.pretrained=/path/to/checkpoint") from None
+
+
 def load_model(spec: ScorerSpec) -> torch.nn.Module:
     validate(spec)
     if spec.pretrained == RANDOM:
