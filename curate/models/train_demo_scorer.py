@@ -69,7 +69,8 @@ def _copy_augment(img, rng) -> bytes:
     elif kind == 2:
         dx, dy = int(img.width * rng.uniform(0.02, 0.05)), int(img.height * rng.uniform(0.02, 0.05))
         img = img.crop((dx, dy, img.width - dx, img.height - dy))
-    return synth.encode_jpeg(img, int(rng.integers(55, 91)))
+    quality = int(rng.integers(60, 96))
+    return synth.encode_jpeg(img, quality - 5 if quality == 90 else quality)
 
 
 class _Pairs(torch.utils.data.Dataset):
