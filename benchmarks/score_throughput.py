@@ -78,7 +78,7 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, CPU only; torch threads {torch.get_num_threads()}")
     print(f"{'model':<27} {'batch':>5} {'samples':>7} {'raw/s':>8} {'pipeline/s':>10} {'fraction':>8}  "
           "stage CPU seconds")
-    for name, batch, n, raw, pipe, wall, stages in rows:
+    for name, batch, n, raw, pipe, _wall, stages in rows:
         print(f"{name:<27} {batch:>5} {n:>7} {raw:>8.1f} {pipe:>10.1f} {pipe / raw:>8.2f}  "
               + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     print(json.dumps({"note": "pipeline/s counts the whole run (read, decode, preprocess, encode, write)"}))

@@ -17,7 +17,7 @@ def count_decisions(decisions_dir: str) -> dict:
     kept = samples = shard_errors = 0
     for path in sorted(glob.glob(os.path.join(decisions_dir, "*.parquet"))):
         table = pq.read_table(path, columns=["source_index", "kept", "reason", "stage"]).to_pydict()
-        for index, k, reason, stage in zip(table["source_index"], table["kept"], table["reason"], table["stage"]):
+        for index, k, reason, stage in zip(table["source_index"], table["kept"], table["reason"], table["stage"], strict=True):
             if index < 0:
                 shard_errors += 1
                 continue

@@ -59,7 +59,7 @@ def test_curated_shards_read_back_and_match_sizes_and_parquet(result):
         ds = wds.WebDataset(tar, shardshuffle=False).decode("pil")
         got = list(ds)
         assert len(got) == len(rows) == sizes[os.path.basename(tar)]
-        for sample, row in zip(got, rows):
+        for sample, row in zip(got, rows, strict=True):
             assert sample["__key__"] == row["key"]
             assert sample["txt"] == row["caption"] and sample["jpg"].mode == "RGB"
             meta = sample["json"]

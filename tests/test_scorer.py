@@ -43,7 +43,7 @@ def test_local_checkpoint_loads_like_the_demo(tmp_path):
     """Any open_clip checkpoint on disk is one config change away: here, the demo weights by path."""
     by_path = clip.load_model(clip.ScorerSpec(pretrained=clip.DEMO_CHECKPOINT))
     demo = clip.load_model(clip.ScorerSpec())
-    for (k, a), (_, b) in zip(by_path.state_dict().items(), demo.state_dict().items()):
+    for (k, a), (_, b) in zip(by_path.state_dict().items(), demo.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
