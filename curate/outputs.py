@@ -30,3 +30,13 @@ def split(tagged: beam.PCollection, label: str, main: str, *others: str) -> Simp
     for tag in others or (DECISIONS,):
         outs[tag] = tagged | f"{label}:{tag}" >> beam.ParDo(_Select(tag))
     return SimpleNamespace(**outs)
+
+
+def done(writes) -> beam.PCollection:
+    """Join the outputs of every writing branch into one final step.
+
+    Beam's DaskRunner computes only the graph behind the last transform it visits, so a writing
+    branch that nothing consumes would never run there; ending on this step makes every write
+    part of that graph. Other runners run it as a no-op.
+    """
+    return list(writes) | "AllWrites" >> beam.Flatten() | "Done" >> beam.Map(lambda _: None)

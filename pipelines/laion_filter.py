@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from curate.config import Option, Schema, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings
-from curate.outputs import DECISIONS, MAIN, split
+from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
 from curate.scoring import cpu_threads_per_worker
 from curate.timing import timed
@@ -199,12 +199,13 @@ class LaionFilter(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, out = self._cfg, self._cfg["output"]
+        writes = []
         if cfg["scores"]:
             scored = pbegin | "ReadStoredScores" >> ReadStoredScores(cfg["scores"])
         else:
             scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(cfg, self._paths, self._cpu_threads)
             if cfg["save_embeddings"]:
-                scored.samples | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+                writes.append(scored.samples | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings")))
         filtered = split(scored.samples | "BasicFilters" >> beam.ParDo(
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
@@ -215,8 +216,10 @@ class LaionFilter(beam.PTransform):
             os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
         all_decisions = [scored.decisions, filtered.decisions, selected.decisions, deduped["decisions"],
                          written["decisions"]]
-        return (all_decisions | "AllDecisions" >> beam.Flatten()
-                | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+        writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
+                      | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+        writes.append(written["sizes"])
+        return done(writes)
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:

@@ -13,7 +13,7 @@ import apache_beam as beam
 from curate.config import Option, Schema, section
 from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
-from curate.outputs import DECISIONS, MAIN, split
+from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import decision
 from curate.scoring import ClipPreprocessor, ScoreWithClip, cpu_threads_per_worker, stack
 from curate.shards import WriteDecisions, list_input_shards, read_shard
@@ -107,10 +107,11 @@ class Score(beam.PTransform):
     def expand(self, pbegin):
         out = self._cfg["output"]
         scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads)
-        scored.samples | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        embeddings = scored.samples | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
         rows = scored.samples | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
-        return ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
-                | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+        decisions = ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
+                     | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+        return done((embeddings, decisions))
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:
