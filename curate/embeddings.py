@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from curate.io import atomic_path
 from curate.outputs import DECISIONS, MAIN, split
-from curate.records import DECISION_SCHEMA, DECODE, READ, Sample
+from curate.records import DECISION_SCHEMA, DECODE, READ, Sample, stable
 
 METADATA_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
@@ -61,7 +61,7 @@ def read_part(emb_dir: str, part: int) -> list[Sample]:
     return [Sample(key=m["key"], shard_index=m["shard_index"], shard_path=m["source_shard"],
                    member_index=m["source_index"], image_ext=m["image_ext"], caption=m["caption"],
                    language=m["language"], width=m["width"], height=m["height"], sha256=m["sha256"],
-                   clip_score=m["clip_score"] if m["clip_score"] is None else round(m["clip_score"], 4),
+                   clip_score=None if m["clip_score"] is None else stable(m["clip_score"]),
                    image_embedding=img[i], text_embedding=txt[i]) for i, m in enumerate(meta)]
 
 

@@ -11,6 +11,17 @@ READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE = (
     "read", "decode", "basic_filter", "clip_score", "exact_dedup", "near_dedup", "write")
 
 
+# Scores and similarities are kept to 4 decimals: the last bits of a float32 cosine change with the
+# batch it was computed in and the number of CPU threads, and decisions must not. 1e-4 is far below
+# any threshold's step.
+SCORE_DECIMALS = 4
+
+
+def stable(value: float) -> float:
+    """A score or similarity as stored and compared everywhere."""
+    return round(float(value), SCORE_DECIMALS)
+
+
 @dataclass
 class RawSample:
     """One sample as read from a raw shard: its members' bytes, keyed by extension."""

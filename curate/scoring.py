@@ -12,14 +12,11 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from curate.models import clip
-from curate.records import Sample
+from curate.records import Sample, stable
 from curate.timing import timed
 
 log = logging.getLogger("curate.score")
 
-# Scores are kept to 4 decimals: the last bits of a float32 cosine change with the number of CPU
-# threads (so with the worker count), and decisions must not. 1e-4 is far below any threshold's step.
-SCORE_DECIMALS = 4
 
 
 @dataclass
@@ -137,7 +134,7 @@ class _AttachScores(beam.DoFn):
         img, txt = result.inference
         scores = clip.cosine(img, txt)
         for i, sample in enumerate(result.example.samples):
-            sample.clip_score = round(float(scores[i]), SCORE_DECIMALS)
+            sample.clip_score = stable(scores[i])
             # Stored embeddings are float16; selecting on the same values makes a re-run on stored
             # scores decide exactly as this run does.
             sample.image_embedding = img[i].astype(np.float16).astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.records import Sample
+from curate.records import Sample, stable
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
@@ -76,7 +76,7 @@ def near_duplicates(samples: list[Sample], threshold: float) -> tuple[list[Sampl
         kept.append(samples[best])
         for k in idxs:
             if k != best:
-                sim = round(float(np.dot(emb[k], emb[best])), 4)  # stable across thread counts
+                sim = stable(np.dot(emb[k], emb[best]))
                 dropped.append(Duplicate(samples[k], samples[best], f"near:{samples[best].key}", sim))
     return kept, dropped
 

@@ -146,6 +146,7 @@ def cosine(img_emb: np.ndarray, txt_emb: np.ndarray) -> np.ndarray:
 def heldout_accuracy(work: str, samples: int = 2000, seed: int = 7, spec: ScorerSpec = ScorerSpec()) -> float:
     """Share of held-out clean images whose own caption outscores another image's caption."""
     import glob
+    import io
 
     from PIL import Image
 
@@ -158,7 +159,6 @@ def heldout_accuracy(work: str, samples: int = 2000, seed: int = 7, spec: Scorer
     images, captions = [], []
     for path in sorted(glob.glob(os.path.join(work, "*.tar"))):
         for _key, fields in iter_tar_samples(path):
-            import io
             images.append(transform(Image.open(io.BytesIO(fields["jpg"])).convert("RGB")))
             captions.append(fields["txt"].decode())
     wins = 0
