@@ -1,0 +1,1 @@
+"""Exports of curated shards for the four VLM families (one module per format)."""
