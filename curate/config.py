@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Option:
     """What one config key accepts."""
-    kind: type                      # int, float, bool, str, or dict (str -> number, each within min/max)
+    kind: type                      # int, float, bool, str, dict (str -> number, each within min/max),
+                                    # or list (of strings; each one of choices when given)
     help: str
     choices: tuple | None = None
     min: float | None = None
@@ -33,8 +34,10 @@ class Option:
 
     def describe(self) -> str:
         noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                dict: "a mapping of names to numbers"}[self.kind]
-        if self.choices:
+                dict: "a mapping of names to numbers", list: "a list of strings"}[self.kind]
+        if self.choices and self.kind is list:
+            noun = "a list of " + ", ".join(map(str, self.choices))
+        elif self.choices:
             noun = "one of " + ", ".join(map(str, self.choices))
         bounds = []
         if self.min is not None:
@@ -53,6 +56,11 @@ class Option:
                 raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
             number = Option(float, self.help, min=self.min, max=self.max)
             return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items())}
+        if self.kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or (
+                    self.choices and not set(value) <= set(self.choices)):
+                raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+            return list(value)
         ok = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True

@@ -53,10 +53,11 @@ def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_s
     return report
 
 
-def summary(report: dict, out_dir: str) -> str:
+def summary(report: dict, out_dir: str, outputs: str | None = None) -> str:
+    """The closing lines; ``outputs`` names where a pipeline's outputs are, when not shards or embeddings."""
     c = report["counts"]
     pct = (lambda n: f"{100 * n / c['input']:.1f}%") if c["input"] else (lambda n: "-")
-    kept = "kept" if report["writes_shards"] else "scored"
+    kept = "kept" if report["writes_shards"] or outputs else "scored"
     lines = [f"{report['pipeline']}: {c['input']} samples in, {c['kept']} {kept} ({pct(c['kept'])}), "
              f"{c['dropped']} dropped, in {report['time']['wall_seconds']:.1f}s "
              f"({report['time']['samples_per_second']} samples/s)"]
@@ -65,7 +66,7 @@ def summary(report: dict, out_dir: str) -> str:
     if c["unreadable_shards"]:
         lines.append(f"  unreadable shards: {c['unreadable_shards']} (see decisions, stage 'read')")
     where = (f"{report['shards']['count']} curated shards in {os.path.join(out_dir, 'shards')}"
-             if report["writes_shards"] else f"embeddings in {os.path.join(out_dir, 'embeddings')}")
+             if report["writes_shards"] else outputs or f"embeddings in {os.path.join(out_dir, 'embeddings')}")
     lines.append(f"  {where}; decisions in {os.path.join(out_dir, 'decisions')}; "
                  f"report {os.path.join(out_dir, 'report.json')}")
     return "\n".join(lines)

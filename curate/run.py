@@ -24,10 +24,11 @@ from curate.models.clip import ModelLoadError, fetch_weights
 
 log = logging.getLogger("curate")
 
-PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score"}
+PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score", "export": "pipelines.export"}
 DEFAULT_RUNNER = "FnApiRunner"
 # What a run writes under its output folder; --overwrite removes exactly these, nothing else.
-RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json")
+RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json", "exports",
+               "contrastive", "flava", "chameleon", "llava", "blip2")  # the last five: export's folders
 RUN_MARKER = ".curate_run.json"  # the settings of the run that owns the folder
 TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what curate.io.atomic_path writes before renaming
 
@@ -42,10 +43,17 @@ def _pipeline_module(name: str):
     return importlib.import_module(PIPELINES[name])
 
 
+def _description(module: str) -> str:
+    try:
+        return importlib.import_module(module).DESCRIPTION
+    except ImportError as e:  # one pipeline's missing dependency must not break the others
+        return f"(unavailable here: {e})"
+
+
 def _epilog() -> str:
     lines = ["pipelines (default config in configs/NAME.yaml):"]
     for name, module in sorted(PIPELINES.items()):
-        lines.append(f"  {name:<14} {importlib.import_module(module).DESCRIPTION}")
+        lines.append(f"  {name:<14} {_description(module)}")
         lines.append(f"  {'':<14} config: {config_lib.CONFIG_DIR / (name + '.yaml')}")
     lines.append("Any other --flag is a Beam pipeline option, e.g. --runner=DirectRunner "
                  "--direct_running_mode=multi_processing --direct_num_workers=2.")
@@ -53,8 +61,12 @@ def _epilog() -> str:
 
 
 def parse_args(argv):
+    # The epilog imports every pipeline module: build it only when help is shown.
+    seen = sys.argv[1:] if argv is None else argv
+    wants_help = not seen or "-h" in seen or "--help" in seen
     ap = argparse.ArgumentParser(prog="python -m curate.run", description=__doc__.split("\n")[0],
-                                 epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=_epilog() if wants_help else None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", required=True, help="which pipeline to run (listed below)")
     ap.add_argument("--config", help="YAML file overriding the pipeline's default config")
     ap.add_argument("--input", help="raw shards: a folder, a glob or a .tar (default: the built-in sample corpus)")
@@ -194,6 +206,8 @@ def run(argv=None) -> dict:
     out = cfg["output"] = os.path.abspath(cfg["output"])
     if cfg["input"] is not None:
         cfg["input"] = os.path.abspath(cfg["input"])
+    if hasattr(module, "validate"):  # the pipeline's own checks, before any work
+        module.validate(cfg)
     run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k != "output"}})
     if prepare_output(out, args.overwrite, run_id):
         log.info("resuming the interrupted run in %s", out)
@@ -219,7 +233,7 @@ def run(argv=None) -> dict:
             shards = json.load(f)
     report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
                           stage_seconds(result), shards, options.view_as(StandardOptions).runner)
-    print(summary(report, out))
+    print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     return report
 
 

@@ -1,0 +1,98 @@
+"""LLaVA pretraining export: conversation JSON + its image folder, as LLaVA's train.py reads them.
+
+``OUT_DIR/chat.json`` is a list (LLaVA-Pretrain's ``blip_laion_cc_sbu_558k.json`` layout) of
+``{"id": KEY, "image": "NNNNN/KEY.jpg", "conversations": [{"from": "human", "value": PROMPT},
+{"from": "gpt", "value": CAPTION}]}``; ``OUT_DIR/images/NNNNN/KEY.jpg`` holds the curated image
+bytes unchanged (LLaVA opens them with PIL, any format). Train with ``--data_path OUT_DIR/chat.json
+--image_folder OUT_DIR/images``. The human turn is one of ``llava.prompts``, picked per key by a
+hash (LLaVA's pretraining set draws a brief-description instruction per sample likewise).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+
+from curate.config import ConfigError, Option, Schema
+from curate.exports.writing import exportable, shard_name
+from curate.io import atomic_path
+from curate.timing import timed
+
+IMAGE_TOKEN = "<image>"
+
+
+def pick_prompt(key: str, prompts: list[str]) -> str:
+    """The human turn for ``key``: a stable choice (sha256 of the key), independent of order and workers."""
+    return prompts[int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % len(prompts)]
+
+
+def conversation(key: str, image: str, caption: str, prompts: list[str]) -> dict:
+    """One LLaVA pretraining record: the image placeholder in the human turn, the caption as the answer."""
+    return {"id": key, "image": image, "conversations": [
+        {"from": "human", "value": pick_prompt(key, prompts)}, {"from": "gpt", "value": caption}]}
+
+
+class _WriteLlavaImages(beam.DoFn):
+    """One curated shard -> its images under OUT_DIR/images/NNNNN/ and its records (for chat.json)."""
+
+    def __init__(self, out_dir: str, prompts: list[str]):
+        self._out_dir, self._prompts = out_dir, prompts
+
+    def process(self, path):
+        name, records = shard_name(path), []
+        with timed("export_llava"):
+            for sample, _decoded in exportable(path):
+                image = f"{name}/{sample.key}.{sample.image_ext}"
+                target = os.path.join(self._out_dir, "images", image)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with atomic_path(target) as tmp:
+                    with open(tmp, "wb") as f:
+                        f.write(sample.image)
+                records.append((sample.order, conversation(sample.key, image, sample.caption, self._prompts)))
+        yield 0, records
+
+
+class _WriteChatJson(beam.DoFn):
+    def __init__(self, out_dir: str):
+        self._out_dir = out_dir
+
+    def process(self, element):
+        _, shards = element
+        records = [r for _order, r in sorted((x for shard in shards for x in shard), key=lambda x: x[0])]
+        path = os.path.join(self._out_dir, "chat.json")
+        os.makedirs(self._out_dir, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(records, f, ensure_ascii=False, indent=1, sort_keys=True)
+        yield path
+
+
+class LlavaExport(beam.PTransform):
+    """Curated shard paths -> OUT_DIR/chat.json + OUT_DIR/images/; returns its writes."""
+
+    SCHEMA: Schema = {
+        "llava.prompts": Option(list, "human turns, one picked per sample; each holds <image> once "
+                                "(default: LLaVA's brief-description instructions)"),
+    }
+
+    @staticmethod
+    def check(cfg: dict) -> None:
+        prompts = cfg["llava.prompts"]
+        if not prompts or any(p.count(IMAGE_TOKEN) != 1 for p in prompts):
+            raise ConfigError(f"config error: llava.prompts must be a non-empty list of strings that each hold "
+                              f"{IMAGE_TOKEN} exactly once, got {prompts!r}")
+
+    def __init__(self, cfg: dict, out_dir: str):
+        super().__init__()
+        self.check(cfg)
+        self._out_dir, self._prompts = out_dir, list(cfg["llava.prompts"])
+
+    def expand(self, shards):
+        records = shards | "WriteImages" >> beam.ParDo(_WriteLlavaImages(self._out_dir, self._prompts))
+        empty = shards.pipeline | "NoRecords" >> beam.Create([(0, [])])  # chat.json even with no shards
+        return ((records, empty)
+                | "AllRecords" >> beam.Flatten()
+                | "Gather" >> beam.GroupByKey()
+                | "WriteChatJson" >> beam.ParDo(_WriteChatJson(self._out_dir)))

@@ -1,0 +1,190 @@
+"""export: curated shards -> the files each VLM family's trainer reads (one folder per format).
+
+``python -m curate.run --pipeline export --input OUT/shards --output EXPORT_DIR`` writes
+EXPORT_DIR/<format>/ for every name in ``formats``; laion_filter runs the same transforms on the
+shards it has just written when its ``exports`` list is not empty. Each format is a PTransform in
+curate/exports/<format>.py taking curated shard paths and returning its writes; its ``SCHEMA``
+(keys prefixed with the format's name) is part of this pipeline's config.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import apache_beam as beam
+
+from curate import config as config_lib
+from curate.config import ConfigError, Option, Schema
+from curate.exports.common import read_curated_shard
+from curate.exports.writing import EXPORT
+from curate.io import TarReadError
+from curate.outputs import done
+from curate.records import RawSample, decision
+from curate.shards import UNREADABLE_TAR, WriteDecisions, list_input_shards
+from filters.image import decode_image
+
+DESCRIPTION = "curated shards -> CLIP WebDataset, FLAVA masked/unimodal shards, Chameleon tokens, LLaVA JSON, BLIP-2 shards"
+
+# name -> (module, class). Imported lazily: a format whose module is missing or broken is reported
+# when asked for, and the others still work.
+FORMATS = {
+    "contrastive": ("curate.exports.contrastive", "ContrastiveExport"),
+    "flava": ("curate.exports.flava", "FlavaExport"),
+    "chameleon": ("curate.exports.chameleon", "ChameleonExport"),
+    "llava": ("curate.exports.llava", "LlavaExport"),
+    "blip2": ("curate.exports.blip2", "Blip2Export"),
+}
+_loaded: dict[str, type | str] = {}
+
+
+def _load(name: str):
+    """The format's PTransform class, or the reason it cannot be imported (a one-line string)."""
+    if name not in _loaded:
+        module, cls = FORMATS[name]
+        try:
+            _loaded[name] = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as e:
+            _loaded[name] = f"{type(e).__name__}: {e}"
+    return _loaded[name]
+
+
+def export_class(name: str) -> type:
+    found = _load(name)
+    if isinstance(found, str):
+        raise ConfigError(f"config error: export format {name!r} is not available here ({found})")
+    return found
+
+
+def format_schema() -> Schema:
+    """Every available format's options (an unavailable format contributes none)."""
+    schema: Schema = {}
+    for name in FORMATS:
+        found = _load(name)
+        if not isinstance(found, str):
+            schema.update(found.SCHEMA)
+    return schema
+
+
+FORMATS_OPTION = Option(list, "export formats to write, each into its own folder", choices=tuple(FORMATS))
+SCHEMA: Schema = {
+    "input": Option(str, "curated shards: a laion_filter OUT/shards folder, a glob or a .tar"),
+    "output": Option(str, "export folder: one subfolder per format"),
+    "formats": FORMATS_OPTION,
+    **format_schema(),
+}
+
+
+def _check_formats(cfg: dict, run_dir: str | None, run_must_exist: bool) -> None:
+    """Formats available, their own checks, and FLAVA's unimodal source (a laion_filter run folder)."""
+    for name in cfg["formats"]:
+        cls = export_class(name)
+        if name == "flava" and cfg["flava.unimodal"]:
+            run_dir = os.path.abspath(cfg["flava.run_dir"] or run_dir or "")
+            if run_must_exist and not (os.path.isdir(os.path.join(run_dir, "decisions"))
+                                       and os.path.isfile(os.path.join(run_dir, ".curate_run.json"))):
+                raise ConfigError(f"config error: flava.unimodal reads laion_filter's decisions, but {run_dir!r} "
+                                  "holds no laion_filter run (decisions/ and .curate_run.json); set flava.run_dir "
+                                  "to that run's output folder, or flava.unimodal=false")
+            cfg["flava.run_dir"] = run_dir
+        if hasattr(cls, "check"):
+            cls.check(cfg)
+
+
+def validate(cfg: dict) -> None:
+    """Called by the CLI before any work."""
+    if not cfg["formats"]:
+        raise ConfigError(f"config error: formats is empty; choose from {', '.join(FORMATS)}")
+    shards = cfg["input"] if os.path.isdir(cfg["input"]) else os.path.dirname(cfg["input"])
+    _check_formats(cfg, os.path.dirname(os.path.abspath(shards)), run_must_exist=True)
+
+
+def laion_filter_settings(cfg: dict) -> dict | None:
+    """laion_filter's ``exports`` list + ``exports_config`` file -> checked export settings (None: no exports).
+
+    The per-format settings are configs/export.yaml's, overridden by ``exports_config``; the input is
+    the run's own shards, the output OUT/exports, FLAVA's unimodal streams read the run's decisions.
+    """
+    if not cfg.get("exports"):
+        return None
+    out = cfg["output"]
+    settings = config_lib.load("export", SCHEMA, cfg.get("exports_config"), [], {
+        "input": os.path.join(out, "shards"), "output": os.path.join(out, "exports"), "formats": cfg["exports"]})
+    _check_formats(settings, out, run_must_exist=False)
+    return settings
+
+
+def describe_outputs(cfg: dict) -> str:
+    return "exports in " + ", ".join(os.path.join(cfg["output"], name) for name in cfg["formats"])
+
+
+def check_rows(element, shard_index: dict[str, int]):
+    """Decision rows for one curated shard: kept when every format can export the sample (its
+    image decodes), else the decoder's reason; a tar that breaks off adds an unreadable_tar row."""
+    path = element
+    index = shard_index[path]
+    try:
+        for s in read_curated_shard(path):
+            d = decode_image(s.image)
+            yield decision(RawSample(s.key, index, path, s.index, {}), d.reason is None, EXPORT, d.reason,
+                           detail=d.detail, width=d.width, height=d.height)
+    except TarReadError as e:
+        yield decision(RawSample("", index, path, -1, {}), False, EXPORT, UNREADABLE_TAR, detail=str(e))
+
+
+class ExportFormats(beam.PTransform):
+    """Curated shard paths -> every requested format under OUT_DIR/<format>; returns all their writes."""
+
+    def __init__(self, cfg: dict, out_dir: str):
+        super().__init__()
+        self._cfg, self._out_dir = cfg, out_dir
+
+    def expand(self, shards):
+        writes = [shards | f"Export:{name}" >> export_class(name)(self._cfg, os.path.join(self._out_dir, name))
+                  for name in self._cfg["formats"]]
+        return writes | "ExportWrites" >> beam.Flatten()
+
+
+def _curated_tars(shards_dir: str) -> list[str]:
+    return sorted(os.path.join(shards_dir, n) for n in os.listdir(shards_dir) if n.endswith(".tar")) \
+        if os.path.isdir(shards_dir) else []
+
+
+class ExportAfterWrites(beam.PTransform):
+    """laion_filter's exports: once every write of the run is done, its curated shards -> the formats.
+
+    Takes the run's writing branches (a list of PCollections) and waits for all of them (one
+    GroupByKey), so the shards and the decisions table are complete before any export reads them.
+    """
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self._s = settings
+
+    def expand(self, writes):
+        shards = (writes
+                  | "AllWritten" >> beam.Flatten()
+                  | "Once" >> beam.Map(lambda _: (0, None))
+                  | "WaitForWrites" >> beam.GroupByKey()
+                  | "ListCuratedShards" >> beam.FlatMap(lambda _kv, d: _curated_tars(d), self._s["input"]))
+        return shards | "ExportFormats" >> ExportFormats(self._s, self._s["output"])
+
+
+class Export(beam.PTransform):
+    """The export pipeline: list the shards, record what can be exported, write every format."""
+
+    def __init__(self, cfg: dict, shard_paths: list[str]):
+        super().__init__()
+        self._cfg, self._paths = cfg, shard_paths
+
+    def expand(self, pbegin):
+        out = self._cfg["output"]
+        shards = pbegin | "ListShards" >> beam.Create(self._paths) | "Spread" >> beam.Reshuffle()
+        decisions = (shards
+                     | "CheckSamples" >> beam.FlatMap(check_rows, {p: i for i, p in enumerate(self._paths)})
+                     | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+        exported = shards | "ExportFormats" >> ExportFormats(self._cfg, out)
+        return done([decisions, exported])
+
+
+def build(pipeline: beam.Pipeline, config: dict) -> None:
+    pipeline | "Export" >> Export(config, list_input_shards(config["input"]))
