@@ -24,12 +24,15 @@ from curate.models.clip import ModelLoadError, fetch_weights
 
 log = logging.getLogger("curate")
 
-PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score", "export": "pipelines.export"}
+PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score", "export": "pipelines.export",
+             "ingest": "pipelines.ingest"}
 DEFAULT_RUNNER = "FnApiRunner"
 # What a run writes under its output folder; --overwrite removes exactly these, nothing else.
-RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json", "exports",
+RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json", "exports", "raw",
                "contrastive", "flava", "chameleon", "llava", "blip2")  # the last five: export's folders
 RUN_MARKER = ".curate_run.json"  # the settings of the run that owns the folder
+# Config keys that do not change what a run produces: the same folder resumes with either value.
+NOT_SETTINGS = ("output", "ingest.retry_failed")
 TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what curate.io.atomic_path writes before renaming
 
 
@@ -183,6 +186,7 @@ def run(argv=None) -> dict:
     from curate.report import count_decisions, summary, write_report
     from curate.timing import stage_seconds
     from curate.shards import list_input_shards, write_sizes
+    from pipelines import ingest
 
     args, beam_args = parse_args(argv)
     module = _pipeline_module(args.pipeline)
@@ -198,7 +202,12 @@ def run(argv=None) -> dict:
     elif hasattr(module, "scorer_spec"):
         fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
-    if cfg["input"] is not None and not reuse:
+    if ingest.reads_table(module, cfg["input"]) and not reuse:
+        try:
+            ingest.check_input(cfg)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    elif cfg["input"] is not None and not reuse:
         try:
             list_input_shards(cfg["input"])
         except ValueError as e:
@@ -208,7 +217,7 @@ def run(argv=None) -> dict:
         cfg["input"] = os.path.abspath(cfg["input"])
     if hasattr(module, "validate"):  # the pipeline's own checks, before any work
         module.validate(cfg)
-    run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k != "output"}})
+    run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}})
     if prepare_output(out, args.overwrite, run_id):
         log.info("resuming the interrupted run in %s", out)
     log.info("output folder: %s", out)
@@ -216,8 +225,12 @@ def run(argv=None) -> dict:
         cfg["input"] = sample_corpus(out, cfg)
 
     t0 = time.time()
+    build_cfg = cfg
+    if args.pipeline != "ingest" and ingest.reads_table(module, cfg["input"]):
+        with _local_worker_log_levels(out, options):  # URL table: download into OUT/raw first
+            build_cfg = ingest.ingest_first(cfg, options)
     pipeline = beam.Pipeline(options=options)
-    module.build(pipeline, cfg)
+    module.build(pipeline, build_cfg)
     with _local_worker_log_levels(out, options):
         result = pipeline.run()
         result.wait_until_finish()
