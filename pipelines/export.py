@@ -152,7 +152,7 @@ def _curated_tars(shards_dir: str) -> list[str]:
 class ExportAfterWrites(beam.PTransform):
     """laion_filter's exports: once every write of the run is done, its curated shards -> the formats.
 
-    Takes the run's writing branches (a list of PCollections) and waits for all of them (one
+    Takes the run's writes, flattened into one PCollection, and waits for all of them (one
     GroupByKey), so the shards and the decisions table are complete before any export reads them.
     """
 
@@ -162,7 +162,6 @@ class ExportAfterWrites(beam.PTransform):
 
     def expand(self, writes):
         shards = (writes
-                  | "AllWritten" >> beam.Flatten()
                   | "Once" >> beam.Map(lambda _: (0, None))
                   | "WaitForWrites" >> beam.GroupByKey()
                   | "ListCuratedShards" >> beam.FlatMap(lambda _kv, d: _curated_tars(d), self._s["input"]))

@@ -21,7 +21,7 @@ from curate.timing import timed
 from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
 from filters import dedup, select
 from filters.sample import BasicFilterParams, basic_filter
-from pipelines import score
+from pipelines import export, score
 
 DESCRIPTION = "basic filters, CLIP score selection, exact and near-duplicate removal, curated shards"
 
@@ -51,10 +51,18 @@ SCHEMA: Schema = {
     "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates",
                                    min=0, max=1),
     "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1),
+    "exports": Option(list, "family exports of the curated shards, each into OUT/exports/<format> "
+                      "(settings: configs/export.yaml)", choices=tuple(export.FORMATS)),
+    "exports_config": Option(str, "YAML overriding configs/export.yaml's per-format settings for `exports`", nullable=True),
 }
 
 scorer_spec = score.scorer_spec
 WRITES_SHARDS = True
+
+
+def validate(cfg: dict) -> None:
+    """Check the requested exports before any work; their resolved settings join the run's config."""
+    cfg["exports_settings"] = export.laion_filter_settings(cfg)
 
 
 class BasicFilters(beam.DoFn):
@@ -219,6 +227,9 @@ class LaionFilter(beam.PTransform):
         writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
                       | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
         writes.append(written["sizes"])
+        if cfg.get("exports_settings"):  # after every write above: the exports read shards and decisions
+            writes.append(writes | "AllCuratedWrites" >> beam.Flatten()
+                          | "Exports" >> export.ExportAfterWrites(cfg["exports_settings"]))
         return done(writes)
 
 
