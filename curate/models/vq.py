@@ -50,6 +50,32 @@ def spatial_factor(config) -> int:
     return 2 ** (len(config.channel_multiplier) - 1)
 
 
+def _model_type(folder: str) -> tuple[str, bool]:
+    """(family, whole checkpoint?) from the folder's config.json; VQLoadError when it is no VQ tokenizer."""
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise VQLoadError(f"VQ tokenizer folder {folder!r} has no config.json (a local checkpoint folder is needed)")
+    with open(cfg_path, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    if model_type not in _MODEL_TYPES:
+        raise VQLoadError(f"{folder}: model_type {model_type!r} is not a VQ tokenizer; "
+                          f"expected one of {', '.join(sorted(_MODEL_TYPES))}")
+    return _MODEL_TYPES[model_type]
+
+
+def _vq_config(folder: str, family: str, whole: bool):
+    import transformers
+    if whole:
+        return transformers.AutoConfig.from_pretrained(folder, local_files_only=True).vq_config
+    return _vq_classes(family)[1].from_pretrained(folder, local_files_only=True)
+
+
+def read_codebook_size(folder: str) -> int:
+    """The number of image codes of the VQ tokenizer in ``folder``, read from its config only."""
+    family, whole = _model_type(folder)
+    return codebook_size(_vq_config(folder, family, whole))
+
+
 def _read_whole_checkpoint_vq(folder: str, family: str, vq_config) -> torch.nn.Module:
     """The VQ-VAE inside a whole Chameleon/Emu3 checkpoint, reading only its tensors."""
     from safetensors import safe_open
@@ -106,29 +132,19 @@ class VQTokenizer:
         no preprocessor_config.json (default: the VQ config's ``resolution``, else 512).
         """
         import transformers
-        cfg_path = os.path.join(folder, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise VQLoadError(f"VQ tokenizer folder {folder!r} has no config.json (a local checkpoint folder is needed)")
-        with open(cfg_path, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-        if model_type not in _MODEL_TYPES:
-            raise VQLoadError(f"{folder}: model_type {model_type!r} is not a VQ tokenizer; "
-                              f"expected one of {', '.join(sorted(_MODEL_TYPES))}")
-        family, whole = _MODEL_TYPES[model_type]
-        vq_cls, _ = _vq_classes(family)
+        family, whole = _model_type(folder)
         if whole:
-            model = _read_whole_checkpoint_vq(folder, family, transformers.AutoConfig.from_pretrained(folder).vq_config)
+            model = _read_whole_checkpoint_vq(folder, family, _vq_config(folder, family, whole))
         else:
-            model = vq_cls.from_pretrained(folder)
+            model = _vq_classes(family)[0].from_pretrained(folder, local_files_only=True)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         if precision == "auto":
             precision = "bf16" if dev.type == "cuda" else "fp32"
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         model = model.to(dev, dtype=dtype).eval()
-        processor = None
         if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            processor = transformers.AutoImageProcessor.from_pretrained(folder)
+            processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         else:
             processor = _default_processor(family, resolution or getattr(model.config, "resolution", 512) or 512)
         return cls(model, family, processor, dev, dtype, codebook_size(model.config), spatial_factor(model.config))

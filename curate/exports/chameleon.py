@@ -1,0 +1,180 @@
+"""Generative (Chameleon-style) export: text and VQ image tokens, packed into fixed-length sequences.
+
+Per curated sample, the image becomes discrete codes through a VQ image tokenizer (Chameleon's or
+Emu3's VQ-VAE from a local folder, curate.models.vq) and the caption becomes ids through a
+transformers tokenizer from a local folder; the two are joined caption-first (generation) or
+image-first (captioning), a seeded per-key choice with ``chameleon.image_first_ratio`` (see
+curate.exports.packing for the token layout and the packing rule). Written to OUT_DIR:
+
+    NNNNN.tar            WebDataset, one sample per packed sequence (key NNNNN_SSSSSS):
+                         tokens.npy [seq_len], cu_seqlens.npy (document starts + end), json
+                         (each document's key, start, length, order; padding)
+    sizes.json           {"NNNNN.tar": sequences}
+    chameleon.bin/.idx   the same sequences as a Megatron indexed dataset (megatron-core's
+                         IndexedDatasetBuilder): one Megatron document per packed sequence,
+                         one item per document inside it (+ a padding item)
+    layout.json          token ids of the layout (image offset, <boi>, <eoi>, eod, pad, vocab
+                         size), Chameleon's vocabulary_map for the image ids, and the settings
+
+Sequences of one curated shard are packed together, so the files do not depend on the number
+of workers; the Megatron files are the per-shard parts joined in shard order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import apache_beam as beam
+
+from curate.config import ConfigError, Option, Schema
+from curate.exports import packing
+from curate.exports.writing import WriteSizesJson, exportable, shard_name, write_json
+from curate.io import write_tar
+from curate.timing import timed
+
+log = logging.getLogger("curate")
+
+PARTS = ".parts"        # per-shard Megatron files, joined and removed at the end
+MEGATRON_PREFIX = "chameleon"
+
+SCHEMA: Schema = {
+    "chameleon.vq_model": Option(str, "local folder of a Chameleon or Emu3 VQ-VAE (alone or inside the whole "
+                                      "model's checkpoint); required for this format", nullable=True),
+    "chameleon.tokenizer": Option(str, "local folder of a transformers text tokenizer (e.g. the model's own); "
+                                       "required for this format", nullable=True),
+    "chameleon.seq_len": Option(int, "tokens per packed training sequence", min=8),
+    "chameleon.image_first_ratio": Option(float, "share of samples written image-first (captioning); the "
+                                                 "rest caption-first (generation)", min=0.0, max=1.0),
+    "chameleon.seed": Option(int, "seed of the per-key caption-first / image-first choice"),
+    "chameleon.batch_size": Option(int, "images per VQ encoder call", min=1),
+    "chameleon.device": Option(str, "auto (CUDA when available), cpu, cuda or cuda:N"),
+    "chameleon.precision": Option(str, "VQ encoder precision; auto: bf16 on CUDA, fp32 on CPU",
+                                  choices=("auto", "fp32", "bf16", "fp16")),
+    "chameleon.resolution": Option(int, "image side when the VQ folder has no preprocessor_config.json "
+                                        "(null: the VQ config's resolution, else 512)", min=8, nullable=True),
+}
+
+
+def _settings(cfg: dict) -> dict:
+    return {k[len("chameleon."):]: cfg[k] for k in SCHEMA}
+
+
+def load_text_tokenizer(folder: str):
+    """A transformers tokenizer from a local folder (never the hub: curate runs offline)."""
+    from transformers import AutoTokenizer
+    if not os.path.isdir(folder):
+        raise ConfigError(f"config error: chameleon.tokenizer {folder!r} is not a folder")
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def token_layout(tokenizer, vq_folder: str) -> packing.TokenLayout:
+    """Image ids go after the tokenizer's; its own bos/eos/pad are used when it has them."""
+    from curate.models.vq import read_codebook_size
+    return packing.TokenLayout(text_vocab=len(tokenizer), codebook=read_codebook_size(vq_folder),
+                               bos=tokenizer.bos_token_id, tokenizer_eod=tokenizer.eos_token_id,
+                               tokenizer_pad=tokenizer.pad_token_id)
+
+
+class _TokenizeAndPackShard(beam.DoFn):
+    """Curated shard -> its packed sequences as NNNNN.tar + a Megatron part; yields (tar name, count)."""
+
+    def __init__(self, s: dict, layout: packing.TokenLayout, out_dir: str):
+        self._s, self._layout, self._out_dir = s, layout, out_dir
+
+    def setup(self):
+        from curate.models.vq import VQTokenizer
+        # One model and tokenizer per worker process, loaded once.
+        self._text = load_text_tokenizer(self._s["tokenizer"])
+        self._vq = VQTokenizer.from_pretrained(self._s["vq_model"], self._s["device"], self._s["precision"],
+                                               self._s["resolution"])
+
+    def process(self, path):
+        name = shard_name(path)
+        samples = [(s, d.image) for s, d in exportable(path)]
+        with timed("export_chameleon_vq"):
+            grids = self._vq.encode_images([im for _, im in samples], self._s["batch_size"])
+        with timed("export_chameleon_pack"):
+            text_ids = self._text([s.caption for s, _ in samples], add_special_tokens=False)["input_ids"] \
+                if samples else []
+            docs = []
+            for (sample, _), ids, grid in zip(samples, text_ids, grids, strict=True):
+                first = packing.image_first(sample.key, self._s["image_first_ratio"], self._s["seed"])
+                docs.append((sample.key, packing.build_document(ids, grid, self._layout, first), first))
+            sequences = list(packing.pack(docs, self._s["seq_len"], self._layout.pad))
+        with timed("export_chameleon_write"):
+            dtype = packing.token_dtype(self._layout.vocab_size)
+            os.makedirs(os.path.join(self._out_dir, PARTS), exist_ok=True)
+            write_tar(os.path.join(self._out_dir, f"{name}.tar"),
+                      [(f"{name}_{i:06d}", packing.sample_members(seq, dtype)) for i, seq in enumerate(sequences)])
+            packing.write_indexed(os.path.join(self._out_dir, PARTS, name), sequences, dtype)
+        yield f"{name}.tar", len(sequences)
+
+
+class _JoinMegatronParts(beam.DoFn):
+    """All per-shard parts, in shard order -> chameleon.bin/.idx + layout.json; parts removed."""
+
+    def __init__(self, out_dir: str, layout: packing.TokenLayout, info: dict):
+        self._out_dir, self._layout, self._info = out_dir, layout, info
+
+    def process(self, element):
+        _, names = element
+        names = sorted(n[: -len(".tar")] for n in names if n is not None)
+        parts_dir = os.path.join(self._out_dir, PARTS)
+        prefix = os.path.join(self._out_dir, MEGATRON_PREFIX)
+        dtype = packing.token_dtype(self._layout.vocab_size)
+        os.makedirs(self._out_dir, exist_ok=True)
+        packing.merge_indexed(prefix, [os.path.join(parts_dir, n) for n in names], dtype)
+        for n in names:
+            for ext in (".bin", ".idx"):
+                os.remove(os.path.join(parts_dir, n + ext))
+        if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
+            os.rmdir(parts_dir)
+        layout = {**self._layout.to_json(), "dtype": str(dtype.__name__), "settings": self._info,
+                  "vocabulary_map": self._layout.vocabulary_map()}
+        yield write_json(os.path.join(self._out_dir, "layout.json"), layout)
+        yield prefix + ".idx"
+
+
+class ChameleonExport(beam.PTransform):
+    """Curated shard paths -> packed token sequences (WebDataset + Megatron .bin/.idx); returns its writes."""
+
+    SCHEMA = SCHEMA
+
+    @staticmethod
+    def check(cfg: dict) -> None:
+        """Before any work: both local folders exist and load as what they should be."""
+        from curate.models.vq import VQLoadError, read_codebook_size
+        s = _settings(cfg)
+        for key in ("vq_model", "tokenizer"):
+            if not s[key]:
+                raise ConfigError(f"config error: chameleon.{key} must name a local folder (the chameleon format needs it)")
+        try:
+            read_codebook_size(s["vq_model"])
+        except VQLoadError as e:
+            raise ConfigError(f"config error: chameleon.vq_model: {e}") from None
+        load_text_tokenizer(s["tokenizer"])
+
+    def __init__(self, cfg: dict, out_dir: str):
+        super().__init__()
+        self._s, self._out_dir = _settings(cfg), out_dir
+        self.check(cfg)
+        self._layout = token_layout(load_text_tokenizer(self._s["tokenizer"]), self._s["vq_model"])
+
+    def expand(self, shards):
+        info = {k: v for k, v in self._s.items() if k not in ("device", "batch_size")}
+        counts = shards | "TokenizeAndPack" >> beam.ParDo(_TokenizeAndPackShard(self._s, self._layout, self._out_dir))
+        sizes = counts | "SizesJson" >> WriteSizesJson(self._out_dir)
+        empty = shards.pipeline | "NoShard" >> beam.Create([None])
+        megatron = ((counts | "TarNames" >> beam.Map(lambda kv: kv[0]), empty)
+                    | "WithSentinel" >> beam.Flatten()
+                    | "All" >> beam.Map(lambda n: (0, n))
+                    | "Gather" >> beam.GroupByKey()
+                    | "JoinMegatron" >> beam.ParDo(_JoinMegatronParts(self._out_dir, self._layout, info)))
+        return (sizes, megatron) | "Writes" >> beam.Flatten()
+
+
+def read_layout(out_dir: str) -> dict:
+    """layout.json of a chameleon export folder."""
+    with open(os.path.join(out_dir, "layout.json"), encoding="utf-8") as f:
+        return json.load(f)
