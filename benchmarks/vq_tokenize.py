@@ -7,10 +7,14 @@
 Presets: ``tiny`` (curate.models.vq.tiny_config, 64 px, 8x8 codes) and ``chameleon``
 (ChameleonVQVAEConfig's real-size defaults: 512 px, 8,192 codes, 32x32 = 1,024 codes per image),
 random weights (throughput does not depend on them). The model is saved with save_pretrained and
-loaded back through VQTokenizer.from_pretrained, the exporter's own path. Images are random
-pixel tensors already preprocessed, so the figure is the VQ-VAE encode (host-to-device copy
-included), not JPEG decoding. Packing packs documents of one caption plus one image (the preset's
-codes per image) into 4,096-token sequences with curate.exports.packing.pack.
+loaded back through VQTokenizer.from_pretrained, the exporter's own path. Rows:
+
+- VQ encode: random pixel tensors already preprocessed (host-to-device copy and the codes' way
+  back included): the VQ-VAE alone.
+- processor + VQ encode: 256x256 PIL images through the checkpoint's image processor, then the
+  encoder, as the exporter runs it (JPEG decoding excluded; skipped when PIL is missing).
+- documents + packing: caption ids + the preset's codes per image -> documents -> 4,096-token
+  sequences (curate.exports.packing), tokens/s.
 
 Imports: torch, transformers, numpy and this repository only (runs on a bare GPU machine).
 """
@@ -29,6 +33,14 @@ import torch  # noqa: E402
 
 from curate.exports import packing  # noqa: E402
 from curate.models import vq  # noqa: E402
+
+
+def has_pil() -> bool:
+    try:
+        import PIL  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 def preset_config(preset: str, family: str):
@@ -54,6 +66,23 @@ def time_encode(tok: vq.VQTokenizer, resolution: int, batch: int, seconds: float
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             return images, elapsed, int(grids[0].size)
+
+
+def time_from_images(tok: vq.VQTokenizer, batch: int, seconds: float) -> tuple[int, float] | None:
+    """(images, seconds) from decoded 256x256 PIL images: the checkpoint's processor + encode, as
+    the exporter runs it. None when PIL is not installed."""
+    if not has_pil():
+        return None
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(batch)]
+    count, t0 = 0, time.perf_counter()
+    while True:
+        tok.encode_images(images, batch)
+        count += batch
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return count, elapsed
 
 
 def time_packing(codes_per_image: int, seconds: float, seq_len: int = 4096) -> tuple[int, float]:
@@ -91,10 +120,13 @@ def main() -> int:
         return 1
     config, resolution = preset_config(args.preset, args.family)
     with tempfile.TemporaryDirectory() as folder:
-        vq.save_random(folder, config, resolution=resolution)
+        vq.save_random(folder, config, resolution=resolution if has_pil() else None)
         tok = vq.VQTokenizer.from_pretrained(folder, device=args.device, precision=args.precision)
+        if has_pil():
+            tok.processor  # noqa: B018 -- loads the folder's processor before the folder goes
     params = sum(p.numel() for p in tok.model.parameters()) / 1e6
     images, secs, codes = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
+    from_images = time_from_images(tok, args.batch, args.seconds)
     tokens, psecs = time_packing(codes, min(args.seconds, 5.0))
     dev = torch.cuda.get_device_name(tok.device) if tok.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -104,7 +136,11 @@ def main() -> int:
     print(f"| VQ encode | {tok.family} {args.preset} ({params:.1f}M params, {tok.codebook_size} codes) | "
           f"{resolution}x{resolution} -> {codes} codes | {str(tok.dtype).replace('torch.', '')} | {args.batch} | "
           f"{images} images | {secs:.2f} | {images / secs:,.1f} images/s |")
-    print(f"| packing (next-fit, 4096) | caption + {codes} image codes per document | - | - | - | "
+    if from_images:
+        n, s = from_images
+        print(f"| processor + VQ encode | same | 256x256 PIL images | {str(tok.dtype).replace('torch.', '')} | "
+              f"{args.batch} | {n} images | {s:.2f} | {n / s:,.1f} images/s |")
+    print(f"| documents + packing (next-fit, 4096) | caption + {codes} image codes per document | - | - | - | "
           f"{tokens:,} tokens | {psecs:.2f} | {tokens / psecs:,.0f} tokens/s |")
     return 0
 

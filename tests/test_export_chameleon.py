@@ -95,7 +95,7 @@ def test_sequences_round_trip_to_captions_and_codes(setup):
             boi, eoi = int(np.flatnonzero(ids == layout["boi"])[0]), int(np.flatnonzero(ids == layout["eoi"])[0])
             codes = ids[boi + 1:eoi] - layout["image_offset"]
             expected = tok.encode_images([decode_image(sample.image).image])[0].ravel()
-            assert np.array_equal(codes, expected)
+            assert np.array_equal(codes, expected) and d["grid"] == [8, 8]
             image_first = d["order"] == "image_first"
             assert image_first == packing.image_first(d["key"], 0.5, 0) == (boi == 1)
             caption_ids = ids[eoi + 1:-1] if image_first else ids[1:boi]

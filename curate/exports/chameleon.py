@@ -21,6 +21,7 @@ of workers; the Megatron files are the per-shard parts joined in shard order.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -89,19 +90,30 @@ class _TokenizeAndPackShard(beam.DoFn):
         self._vq = VQTokenizer.from_pretrained(self._s["vq_model"], self._s["device"], self._s["precision"],
                                                self._s["resolution"])
 
+    def _documents(self, path):
+        """(key, token ids, image first, code grid shape) per exportable sample, in shard order.
+        Images are held ``batch_size`` at a time, never a whole shard's."""
+        samples = exportable(path)
+        while batch := [(s, d.image) for s, d in itertools.islice(samples, self._s["batch_size"])]:
+            with timed("export_chameleon_vq"):
+                grids = self._vq.encode_images([im for _, im in batch], self._s["batch_size"])
+            with timed("export_chameleon_text"):
+                text_ids = self._text([s.caption for s, _ in batch], add_special_tokens=False)["input_ids"]
+            for (sample, _), ids, grid in zip(batch, text_ids, grids, strict=True):
+                first = packing.image_first(sample.key, self._s["image_first_ratio"], self._s["seed"])
+                yield sample.key, packing.build_document(ids, grid, self._layout, first), first, grid.shape
+
     def process(self, path):
         name = shard_name(path)
-        samples = [(s, d.image) for s, d in exportable(path)]
-        with timed("export_chameleon_vq"):
-            grids = self._vq.encode_images([im for _, im in samples], self._s["batch_size"])
+        docs, grids = [], {}
+        for key, ids, first, grid in self._documents(path):
+            docs.append((key, ids, first))
+            grids[key] = grid
         with timed("export_chameleon_pack"):
-            text_ids = self._text([s.caption for s, _ in samples], add_special_tokens=False)["input_ids"] \
-                if samples else []
-            docs = []
-            for (sample, _), ids, grid in zip(samples, text_ids, grids, strict=True):
-                first = packing.image_first(sample.key, self._s["image_first_ratio"], self._s["seed"])
-                docs.append((sample.key, packing.build_document(ids, grid, self._layout, first), first))
             sequences = list(packing.pack(docs, self._s["seq_len"], self._layout.pad))
+            for seq in sequences:
+                for seg in seq.segments:
+                    seg.grid = grids[seg.key]
         with timed("export_chameleon_write"):
             dtype = packing.token_dtype(self._layout.vocab_size)
             os.makedirs(os.path.join(self._out_dir, PARTS), exist_ok=True)

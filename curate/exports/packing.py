@@ -112,6 +112,7 @@ class Segment:
     length: int
     offset: int = 0     # position of this piece inside its document (0 unless it was cut)
     image_first: bool = False
+    grid: tuple[int, int] | None = None   # the image's code grid (rows, columns), when known
 
 
 @dataclass
@@ -181,7 +182,8 @@ def sample_members(seq: PackedSequence, dtype) -> dict:
         "tokens.npy": npy_bytes(seq.tokens.astype(dtype)),
         "cu_seqlens.npy": npy_bytes(seq.cu_seqlens()),
         "json": {"documents": [{"key": s.key, "start": s.start, "length": s.length, "offset": s.offset,
-                                "order": "image_first" if s.image_first else "caption_first"}
+                                "order": "image_first" if s.image_first else "caption_first",
+                                "grid": list(s.grid) if s.grid is not None else None}
                                for s in seq.segments],
                  "padding": len(seq.tokens) - seq.used},
     }

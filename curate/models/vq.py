@@ -116,11 +116,13 @@ class VQTokenizer:
     """A loaded VQ image tokenizer: images -> int32 code grids (batch, h, w)."""
     model: torch.nn.Module
     family: str
-    processor: object | None
+    folder: str
+    resolution: int | None
     device: torch.device
     dtype: torch.dtype
     codebook_size: int
     spatial_factor: int
+    _processor: object | None = None
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", precision: str = "auto",
@@ -131,7 +133,6 @@ class VQTokenizer:
         on CPU) | fp32 | bf16 | fp16. resolution: the processor's square size when the folder has
         no preprocessor_config.json (default: the VQ config's ``resolution``, else 512).
         """
-        import transformers
         family, whole = _model_type(folder)
         if whole:
             model = _read_whole_checkpoint_vq(folder, family, _vq_config(folder, family, whole))
@@ -143,11 +144,21 @@ class VQTokenizer:
             precision = "bf16" if dev.type == "cuda" else "fp32"
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         model = model.to(dev, dtype=dtype).eval()
-        if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        else:
-            processor = _default_processor(family, resolution or getattr(model.config, "resolution", 512) or 512)
-        return cls(model, family, processor, dev, dtype, codebook_size(model.config), spatial_factor(model.config))
+        return cls(model, family, folder, resolution, dev, dtype, codebook_size(model.config),
+                   spatial_factor(model.config))
+
+    @property
+    def processor(self):
+        """The folder's image processor (preprocessor_config.json), else the family's at the VQ
+        resolution. Loaded on first use: encoding ready-made pixels needs no PIL."""
+        if self._processor is None:
+            import transformers
+            if os.path.isfile(os.path.join(self.folder, "preprocessor_config.json")):
+                self._processor = transformers.AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
+            else:
+                self._processor = _default_processor(
+                    self.family, self.resolution or getattr(self.model.config, "resolution", None) or 512)
+        return self._processor
 
     @torch.inference_mode()
     def encode_pixels(self, pixel_values: torch.Tensor, image_sizes=None) -> list[np.ndarray]:
@@ -220,12 +231,14 @@ def tiny_config(family: str, resolution: int = 64, codebook: int = 256):
                       temporal_downsample_factor=4, hidden_size=32, num_attention_heads=1)
 
 
-def save_random(folder: str, config, seed: int = 0, resolution: int = 64) -> str:
-    """Save a random-weight VQ-VAE for ``config`` (Chameleon's or Emu3's) with save_pretrained, and
-    the family's image processor at ``resolution``, laid out like a real checkpoint folder."""
+def save_random(folder: str, config, seed: int = 0, resolution: int | None = 64) -> str:
+    """Save a random-weight VQ-VAE for ``config`` (Chameleon's or Emu3's) with save_pretrained and,
+    unless ``resolution`` is None, the family's image processor at that size, laid out like a
+    real checkpoint folder."""
     family = "chameleon" if config.model_type.startswith("chameleon") else "emu3"
     cls, _ = _vq_classes(family)
     torch.manual_seed(seed)
     cls._from_config(config).save_pretrained(folder)
-    _default_processor(family, resolution).save_pretrained(folder)
+    if resolution is not None:
+        _default_processor(family, resolution).save_pretrained(folder)
     return folder
