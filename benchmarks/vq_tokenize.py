@@ -135,11 +135,11 @@ def main() -> int:
     print("|---|---|---|---|---:|---:|---:|---:|")
     print(f"| VQ encode | {tok.family} {args.preset} ({params:.1f}M params, {tok.codebook_size} codes) | "
           f"{resolution}x{resolution} -> {codes} codes | {str(tok.dtype).replace('torch.', '')} | {args.batch} | "
-          f"{images} images | {secs:.2f} | {images / secs:,.1f} images/s |")
+          f"{images} images | {secs:.2f} | {images / secs:,.2f} images/s |")
     if from_images:
         n, s = from_images
         print(f"| processor + VQ encode | same | 256x256 PIL images | {str(tok.dtype).replace('torch.', '')} | "
-              f"{args.batch} | {n} images | {s:.2f} | {n / s:,.1f} images/s |")
+              f"{args.batch} | {n} images | {s:.2f} | {n / s:,.2f} images/s |")
     print(f"| documents + packing (next-fit, 4096) | caption + {codes} image codes per document | - | - | - | "
           f"{tokens:,} tokens | {psecs:.2f} | {tokens / psecs:,.0f} tokens/s |")
     return 0
