@@ -1,0 +1,199 @@
+"""One raw shard: img2dataset's Downloader, Resizer and WebDataset writer, made safe to kill and rerun.
+
+img2dataset writes straight to final names, in completion order, with the wall clock as tar mtime.
+Here its Downloader writes into a temp folder beside the shard through a writer that orders samples
+by key with a fixed mtime (so a rerun gives the same bytes), and the files are renamed into place
+only once complete, the ``_stats.json`` last: a shard is finished exactly when its stats file exists.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+import curate.ingest  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before img2dataset imports albumentations
+from curate.ingest import guard
+from curate.ingest.shard import (DECOMPRESSION_BOMB, OOM_SHARD_COUNT, SUCCESS, Settings, ShardTask, shard_name,
+                                 status_reason)
+from curate.io import TAR_MTIME, atomic_path, iter_tar_samples, write_tar
+from img2dataset.downloader import Downloader
+from img2dataset.resizer import Resizer
+from img2dataset.writer import BufferedParquetWriter, WebDatasetSampleWriter
+
+
+class PixelLimit:
+    """Refuse an image whose header declares more than ``max_pixels`` before img2dataset's Resizer
+    decodes it: OpenCV would allocate the whole bitmap first (its own limit is 2**30 pixels)."""
+
+    def __init__(self, resizer, max_pixels: int):
+        self._resizer, self._max = resizer, max_pixels
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(img_stream) as im:
+                    width, height = im.size
+        except Image.DecompressionBombError as e:
+            return None, None, None, None, None, f"{DECOMPRESSION_BOMB}: {e}"
+        except Exception:  # noqa: BLE001 - not readable by PIL: the Resizer reports its own error
+            width = height = 0
+        if width * height > self._max:
+            return None, None, None, None, None, f"{DECOMPRESSION_BOMB}: {width}x{height} > {self._max} pixels"
+        img_stream.seek(0)
+        return self._resizer(img_stream, blurring_bbox_list)
+
+
+class OrderedShardWriter(WebDatasetSampleWriter):
+    """img2dataset's WebDataset writer, reproducible: samples written in key order at close (image
+    bytes spilled to a temp file meanwhile), fixed tar mtime, and a ``reason`` column per row.
+
+    ``key_map`` renames keys: a retry downloads only failed rows, and they keep their first keys.
+    """
+
+    def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format,
+                 key_map=None):
+        super().__init__(shard_id, output_folder, save_caption, oom_shard_count,
+                         schema.append(pa.field("reason", pa.string())), encode_format)
+        # Same file, nothing written yet by the writer it replaces; only the mtime differs.
+        self.tarwriter = wds.TarWriter(self.tar_fd, mtime=TAR_MTIME)
+        self._key_map = key_map or {}
+        self._spill = tempfile.TemporaryFile(dir=output_folder)
+        self._rows = []
+
+    def write(self, img_str, key, caption, meta):
+        key = self._key_map.get(key, key)
+        meta = {**meta, "key": key, "reason": status_reason(meta.get("status"), meta.get("error_message"))}
+        span = None
+        if img_str is not None:
+            span = (self._spill.tell(), len(img_str))
+            self._spill.write(img_str)
+        self._rows.append((key, span, caption, meta))
+
+    def close(self):
+        for key, span, caption, meta in sorted(self._rows, key=lambda r: r[0]):
+            img = None
+            if span is not None:
+                self._spill.seek(span[0])
+                img = self._spill.read(span[1])
+            super().write(img, key, caption, meta)
+        self._spill.close()
+        super().close()
+
+
+def make_resizer(s: Settings) -> PixelLimit:
+    resizer = Resizer(s.image_size, s.resize_mode, s.resize_only_if_bigger, encode_quality=s.encode_quality,
+                      encode_format=s.encode_format, min_image_size=s.min_image_size,
+                      max_aspect_ratio=s.max_aspect_ratio or float("inf"))
+    return PixelLimit(resizer, s.max_image_pixels)
+
+
+def _downloader(settings: Settings, folder: str, column_list: list[str], key_map=None) -> Downloader:
+    return Downloader(
+        sample_writer_class=functools.partial(OrderedShardWriter, key_map=key_map),
+        resizer=make_resizer(settings), thread_count=settings.thread_count, save_caption=True,
+        extract_exif=settings.extract_exif, output_folder=folder, column_list=column_list,
+        timeout=settings.timeout, number_sample_per_shard=settings.samples_per_shard,
+        oom_shard_count=OOM_SHARD_COUNT, compute_hash=settings.compute_hash, verify_hash_type=None,
+        encode_format=settings.encode_format, retries=settings.retries,
+        user_agent_token=settings.user_agent_token,
+        disallowed_header_directives=list(settings.disallowed_header_directives) or None)
+
+
+def _stats(rows: pa.Table, start: float, end: float, retried: int = 0) -> dict:
+    """img2dataset's NNNNN_stats.json fields, counted from the status rows."""
+    status = Counter(rows.column("status").to_pylist())
+    messages = Counter(m if s != SUCCESS else SUCCESS for s, m in zip(
+        rows.column("status").to_pylist(), rows.column("error_message").to_pylist(), strict=True))
+    stats = {"count": rows.num_rows, "successes": status[SUCCESS],
+             "failed_to_download": status["failed_to_download"], "failed_to_resize": status["failed_to_resize"],
+             "duration": end - start, "start_time": start, "end_time": end,
+             "status_dict": dict(sorted(messages.items()))}
+    if retried:
+        stats["retried"] = retried
+    return stats
+
+
+def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=None) -> pa.Table:
+    """Download ``task`` into ``raw_dir``; return the shard's status rows (one per input row).
+
+    ``on_rows(rows)`` runs before the shard is marked finished (e.g. to write its decisions), so a
+    finished shard never lacks them.
+    """
+    name = shard_name(task.shard_id)
+    work = os.path.join(raw_dir, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(work)
+    try:
+        guard.install(settings.policy)
+        start = time.time()
+        columns = feather.read_table(task.rows_path, memory_map=False).column_names
+        key_map = None
+        if task.retry:
+            # Failed rows sit at positions 0..m-1 of the retry file; give them back their own keys.
+            keys = feather.read_table(task.rows_path, columns=["key"]).column("key").to_pylist()
+            columns = [c for c in columns if c != "key"]
+            key_map = {settings.key(task.shard_id, j): k for j, k in enumerate(keys)}
+        rows_file = os.path.join(work, "rows.feather")
+        shutil.copyfile(task.rows_path, rows_file)  # the Downloader deletes its input when done
+        if task.retry:
+            feather.write_feather(feather.read_table(rows_file).select(columns), rows_file, compression="uncompressed")
+        _downloader(settings, work, columns, key_map).download_shard((task.shard_id, rows_file))
+        tar, parquet = (os.path.join(work, f"{name}.{ext}") for ext in ("tar", "parquet"))
+        rows = pq.read_table(parquet)
+        if task.retry:
+            rows = _merge(raw_dir, name, tar, rows)
+            parquet = None
+        stats = _stats(rows, start, time.time(), len(key_map or {}))
+        expected = (feather.read_table(task.rows_path, columns=[columns[0]]).num_rows if not task.retry else None)
+        if expected is not None and rows.num_rows != expected:
+            raise RuntimeError(f"shard {name}: {rows.num_rows} status rows for {expected} input rows")
+        if on_rows is not None:
+            on_rows(rows)
+        _publish(raw_dir, name, tar, parquet, rows, stats)
+        os.remove(task.rows_path)
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _merge(raw_dir: str, name: str, retry_tar: str, retried: pa.Table) -> pa.Table:
+    """Retried rows replace their old rows; their images join the tar (by key: never twice)."""
+    old = pq.read_table(os.path.join(raw_dir, f"{name}.parquet"))
+    retried = retried.select(old.schema.names).cast(old.schema)
+    keep = pc.invert(pc.is_in(old.column("key"), value_set=retried.column("key")))
+    rows = pa.concat_tables([old.filter(keep), retried]).sort_by("key")
+    members = dict(iter_tar_samples(os.path.join(raw_dir, f"{name}.tar")))
+    members.update(iter_tar_samples(retry_tar))
+    write_tar(retry_tar + ".merged", [(k, members[k]) for k in sorted(members)])
+    os.replace(retry_tar + ".merged", retry_tar)
+    return rows
+
+
+def _publish(raw_dir: str, name: str, tar: str, parquet: str | None, rows: pa.Table, stats: dict) -> None:
+    """Rename the finished files into place: tar, parquet, then the stats file that marks it done."""
+    final = os.path.join(raw_dir, name)
+    os.replace(tar, final + ".tar")
+    if parquet is None:  # merged rows: written as img2dataset's writer does, so a merge equals a clean run
+        with atomic_path(final + ".parquet") as tmp:
+            writer = BufferedParquetWriter(tmp, rows.schema, 100)
+            for row in rows.to_pylist():
+                writer.write(row)
+            writer.close()
+    else:
+        os.replace(parquet, final + ".parquet")
+    with atomic_path(final + "_stats.json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=4)

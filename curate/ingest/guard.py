@@ -1,0 +1,268 @@
+"""What the downloader may fetch: http(s) only, public addresses only, bounded bytes and time.
+
+img2dataset opens any URL with urllib (file://, ftp:// and intranet hosts included) and reads the
+whole body, so a URL list can point it at cloud metadata endpoints or a never-ending response.
+This module is the one place every request goes through. The address check runs inside the
+socket connect of every hop (redirects open new connections), on the addresses it actually
+connects to, so a DNS answer that changes between check and connect cannot slip through.
+Each refusal raises ``Refused`` with its own reason, recorded as the row's status.
+"""
+from __future__ import annotations
+
+import functools
+import http.client
+import io
+import ipaddress
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+
+# Reasons recorded in the shard parquet (``reason`` column, and the prefix of ``error_message``).
+REFUSED_SCHEME = "refused_scheme"
+REFUSED_ADDRESS = "refused_private_address"
+TOO_LARGE = "too_large"
+WRONG_CONTENT_TYPE = "wrong_content_type"
+OPTED_OUT = "opted_out"
+TIMEOUT = "timeout"
+DNS_ERROR = "dns_error"
+CONNECTION_ERROR = "connection_error"
+BAD_URL = "bad_url"
+REDIRECT_ERROR = "redirect_error"
+DOWNLOAD_ERROR = "download_error"
+REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT, TIMEOUT, DNS_ERROR,
+                     CONNECTION_ERROR, BAD_URL, REDIRECT_ERROR, DOWNLOAD_ERROR})  # plus http_<code>
+# What a retry cannot change: the same URL is refused again by the same policy.
+POLICY_REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT, BAD_URL})
+
+ALLOWED_SCHEMES = ("http", "https")
+# Images are also served as generic binary by many CDNs; anything else (text/html ...) is an error page.
+IMAGE_CONTENT_TYPES = ("application/octet-stream", "binary/octet-stream")
+MAX_REDIRECTS = 5
+# img2dataset's browser-like agent string, with its opt-in token format.
+USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+
+
+class Refused(Exception):
+    """A URL this policy does not fetch; ``reason`` is one of the constants above."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits applied to every request. ``allow_networks``: CIDRs allowed even though not public."""
+    max_bytes: int = 20_000_000
+    deadline_seconds: float = 60.0
+    allow_networks: tuple = ()
+    check_content_type: bool = True
+
+    @classmethod
+    def from_config(cls, max_bytes: int, deadline_seconds: float, allow_networks: str, check_content_type: bool):
+        return cls(max_bytes, deadline_seconds, parse_networks(allow_networks), check_content_type)
+
+
+def parse_networks(spec: str | None) -> tuple:
+    """'127.0.0.0/8, 10.1.0.0/16' -> networks; raises ValueError naming the bad entry."""
+    nets = []
+    for item in (spec or "").split(","):
+        if item.strip():
+            try:
+                nets.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError as e:
+                raise ValueError(f"not a network (CIDR): {item.strip()!r}: {e}") from None
+    return tuple(nets)
+
+
+def address_problem(ip: str, allow_networks: tuple = ()) -> str | None:
+    """Why ``ip`` may not be contacted (loopback, private, link-local, multicast ...), or None.
+
+    Rule: only globally routable unicast addresses (IANA special-purpose registries, as Python's
+    ``ipaddress`` encodes them), unless inside an explicitly allowed network.
+    """
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    addr = getattr(addr, "ipv4_mapped", None) or addr  # ::ffff:10.0.0.1 is 10.0.0.1
+    if any(addr in net for net in allow_networks):
+        return None
+    for name in ("loopback", "link_local", "multicast", "private", "reserved", "unspecified"):
+        if getattr(addr, f"is_{name}"):
+            return f"{addr} is {name.replace('_', '-')}"
+    if not addr.is_global:
+        return f"{addr} is not a public address"
+    return None
+
+
+def _guarded_create_connection(policy: Policy, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
+                               source_address=None, **_):
+    """socket.create_connection that connects only to the resolved addresses the policy allows."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise Refused(DNS_ERROR, f"{host}: {e.strerror}") from None
+    problems, last_error = [], None
+    for family, kind, proto, _name, sockaddr in infos:
+        problem = address_problem(sockaddr[0], policy.allow_networks)
+        if problem:
+            problems.append(problem)
+            continue
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            last_error = e
+    if last_error is not None:
+        raise last_error
+    raise Refused(REFUSED_ADDRESS, f"{host} resolves to {'; '.join(problems)}")
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, policy: Policy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_guarded_create_connection, policy)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, policy: Policy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_guarded_create_connection, policy)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self._policy = policy
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_HTTPConnection, policy=self._policy), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self._policy = policy
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_HTTPSConnection, policy=self._policy), req, context=self._context)
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            raise Refused(REFUSED_SCHEME, f"redirect to {scheme or 'no'} scheme: {newurl[:200]}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@functools.lru_cache(maxsize=8)
+def opener(policy: Policy) -> urllib.request.OpenerDirector:
+    """urllib opener with only http(s), guarded connects and re-checked redirects; no proxies
+    (the guard checks the address it connects to, which with a proxy would be the proxy's)."""
+    director = urllib.request.OpenerDirector()
+    for handler in (_HTTPHandler(policy), _HTTPSHandler(policy), _RedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        director.add_handler(handler)
+    return director
+
+
+def user_agent(token: str | None) -> str:
+    return USER_AGENT + (f" (compatible; {token}; +https://github.com/rom1504/img2dataset)" if token else "")
+
+
+def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = None,
+          disallowed_header_directives=None) -> bytes:
+    """The body of ``url`` under ``policy``; raises Refused or the network error (urllib's)."""
+    if not isinstance(url, str) or not url.strip():
+        raise Refused(BAD_URL, f"not a URL: {url!r}"[:200])
+    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise Refused(REFUSED_SCHEME, f"{scheme or 'no'} scheme: {url[:200]}")
+    from img2dataset.downloader import is_disallowed  # imported here: img2dataset takes seconds to import
+
+    request = urllib.request.Request(url.strip(), headers={"User-Agent": user_agent(user_agent_token)})
+    start = time.monotonic()
+    with opener(policy).open(request, timeout=timeout) as response:
+        # img2dataset's own X-Robots-Tag parser: same directives, same user-agent token rule.
+        if disallowed_header_directives and is_disallowed(response.headers, user_agent_token,
+                                                          disallowed_header_directives):
+            raise Refused(OPTED_OUT, f"X-Robots-Tag: {', '.join(response.headers.get_all('X-Robots-Tag', []))}")
+        ctype = (response.headers.get_content_type() if response.headers.get("Content-Type") else "")
+        if policy.check_content_type and ctype and not (ctype.startswith("image/") or ctype in IMAGE_CONTENT_TYPES):
+            raise Refused(WRONG_CONTENT_TYPE, ctype)
+        length = response.headers.get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > policy.max_bytes:
+            raise Refused(TOO_LARGE, f"Content-Length {int(length)} > {policy.max_bytes} bytes")
+        body = io.BytesIO()
+        while True:
+            # read1: whatever has arrived (read(n) would wait for all n bytes, past any deadline)
+            chunk = response.read1(min(1 << 16, policy.max_bytes + 1 - body.tell()) or 1)
+            if not chunk:
+                break
+            body.write(chunk)
+            if body.tell() > policy.max_bytes:
+                raise Refused(TOO_LARGE, f"more than {policy.max_bytes} bytes")
+            if time.monotonic() - start > policy.deadline_seconds:
+                raise Refused(TIMEOUT, f"response not complete after {policy.deadline_seconds:g}s")
+    return body.getvalue()
+
+
+def error_reason(err: BaseException) -> str:
+    """'reason: detail' for a failed fetch (one line); the reason comes first so it can be counted."""
+    return " ".join(_error_reason(err).splitlines()[0].split())
+
+
+def _error_reason(err: BaseException) -> str:
+    if isinstance(err, Refused):
+        return str(err)
+    if isinstance(err, urllib.error.HTTPError):
+        if 300 <= err.code < 400:  # urllib gives up on loops and on more than MAX_REDIRECTS hops
+            return f"{REDIRECT_ERROR}: {err.code} {err.reason}"
+        return f"http_{err.code}: {err.reason}"
+    inner = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(inner, Refused):
+        return str(inner)
+    if isinstance(inner, (socket.timeout, TimeoutError)) or "timed out" in str(inner):
+        return f"{TIMEOUT}: {inner}"
+    if isinstance(inner, (ConnectionError, OSError, http.client.HTTPException)):
+        return f"{CONNECTION_ERROR}: {type(inner).__name__}: {inner}"
+    return f"{DOWNLOAD_ERROR}: {type(err).__name__}: {err}"
+
+
+# Set by install(); img2dataset's Downloader calls download_image from its worker threads.
+_POLICY = Policy()
+
+
+def download_image(row, timeout, user_agent_token, disallowed_header_directives):
+    """img2dataset's ``download_image`` contract ((key, url) -> (key, stream | None, error)),
+    fetching through the guard."""
+    key, url = row
+    try:
+        return key, io.BytesIO(fetch(url, _POLICY, timeout, user_agent_token, disallowed_header_directives)), None
+    except Exception as err:  # noqa: BLE001 - any failure of one URL is that row's status, never the shard's
+        return key, None, error_reason(err)
+
+
+def install(policy: Policy) -> None:
+    """Route img2dataset's downloads through the guard in this process.
+
+    Its Downloader looks ``download_image`` up in its module on every call (no hook argument), so
+    the module attribute is the hook. One policy per process: a pipeline's workers share one config.
+    """
+    import img2dataset.downloader
+
+    global _POLICY
+    _POLICY = policy
+    img2dataset.downloader.download_image = download_image

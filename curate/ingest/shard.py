@@ -1,0 +1,103 @@
+"""Raw shards' names, keys and status reasons, and the settings a shard is downloaded with.
+
+Kept apart from download.py, which imports img2dataset (seconds at start-up), so the CLI and the
+planner stay light.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from curate.ingest import guard
+
+OOM_SHARD_COUNT = 5  # shard names NNNNN, as img2dataset's default
+SUCCESS = "success"
+# img2dataset's Resizer messages -> reasons
+RESIZE_REASONS = {"image too small": "image_too_small", "image area too large": "image_too_large",
+                  "aspect ratio too large": "extreme_aspect_ratio", "Image decoding error": "undecodable_image"}
+DECOMPRESSION_BOMB = "decompression_bomb"
+HASH_MISMATCH = "hash_mismatch"
+RESIZE_ERROR = "resize_error"
+
+
+def status_reason(status: str | None, error_message: str | None) -> str | None:
+    """The specific reason of one row's status: None for a success, else a short name.
+
+    Download errors carry their reason as the message's prefix (guard.error_reason); the Resizer's
+    messages are mapped by RESIZE_REASONS.
+    """
+    if status == SUCCESS:
+        return None
+    msg = error_message or ""
+    if status == "failed_to_resize":
+        if msg.startswith(DECOMPRESSION_BOMB + ":"):
+            return DECOMPRESSION_BOMB
+        return RESIZE_REASONS.get(msg, RESIZE_ERROR)
+    if msg == "hash mismatch":
+        return HASH_MISMATCH
+    head = msg.split(":", 1)[0]
+    if head in guard.REASONS or (head.startswith("http_") and head[5:].isdigit()):
+        return head
+    return guard.DOWNLOAD_ERROR
+
+
+def retryable(reason: str | None) -> bool:
+    """Rows --retry-failed downloads again: failed downloads, except what the policy refused
+    (a retry would be refused again) and failed resizes (the same bytes fail the same way)."""
+    return reason is not None and reason not in guard.POLICY_REASONS and reason not in (
+        *RESIZE_REASONS.values(), DECOMPRESSION_BOMB, RESIZE_ERROR)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What img2dataset's Downloader and Resizer are built with (config keys ingest.*)."""
+    samples_per_shard: int
+    thread_count: int
+    timeout: float
+    retries: int
+    image_size: int
+    resize_mode: str
+    resize_only_if_bigger: bool
+    min_image_size: int
+    max_aspect_ratio: float | None
+    max_image_pixels: int
+    encode_format: str
+    encode_quality: int
+    compute_hash: str | None
+    extract_exif: bool
+    user_agent_token: str | None
+    disallowed_header_directives: tuple
+    policy: guard.Policy
+
+    @property
+    def oom_samples(self) -> int:
+        return math.ceil(math.log10(self.samples_per_shard))
+
+    def key(self, shard_id: int, index: int) -> str:
+        """img2dataset's key of row ``index`` of a shard."""
+        from img2dataset.downloader import compute_key
+
+        return compute_key(index, shard_id, self.oom_samples, OOM_SHARD_COUNT)
+
+    def index(self, shard_id: int, key: str) -> int:
+        return int(key) - shard_id * 10 ** self.oom_samples
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to download: rows (Arrow IPC file) of ``source`` from ``first_row`` on; ``retry``:
+    the rows are the failed ones of a finished shard, merged back into it."""
+    shard_id: int
+    rows_path: str
+    source: str
+    first_row: int
+    retry: bool = False
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:0{OOM_SHARD_COUNT}d}"
+
+
+def is_finished(raw_dir: str, shard_id: int) -> bool:
+    return os.path.exists(os.path.join(raw_dir, f"{shard_name(shard_id)}_stats.json"))

@@ -1,0 +1,131 @@
+"""URL + caption tables (LAION parquet, CC12M tsv, DataComp metadata, jsonl) as Arrow tables.
+
+pyarrow reads every format (gzip decompressed by file extension), so no reader is hand-written.
+Columns are renamed to img2dataset's names (``url``, ``caption``); every other column is carried
+into each sample's json and the shard parquet, renamed ``input_NAME`` where it would overwrite a
+column img2dataset writes itself (DataComp's ``sha256``, ``original_width`` ...).
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+FORMATS = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz", "jsonl", "jsonl.gz")
+# Written by img2dataset's Downloader for every row; an input column of that name would be lost.
+RESERVED = frozenset({"key", "caption", "url", "width", "height", "original_width", "original_height",
+                      "status", "error_message", "exif", "md5", "sha256", "sha512", "reason"})
+
+
+class TableError(ValueError):
+    """A table that cannot be ingested; the message is one line for the user."""
+
+
+def table_format(path: str) -> str | None:
+    name = path.lower()
+    return next((f for f in sorted(FORMATS, key=len, reverse=True) if name.endswith("." + f)), None)
+
+
+def list_tables(spec: str) -> list[str]:
+    """A table file, or a folder of them (sorted by name). Raises TableError when there is none."""
+    if os.path.isdir(spec):
+        paths = sorted(p for p in glob.glob(os.path.join(spec, "*")) if table_format(p) and os.path.isfile(p))
+    else:
+        paths = [spec] if os.path.isfile(spec) and table_format(spec) else []
+    if not paths:
+        raise TableError(f"no URL table ({', '.join(FORMATS)}) found at {spec!r}")
+    return [os.path.abspath(p) for p in paths]
+
+
+def is_url_table(spec: str | None) -> bool:
+    """True when ``spec`` names URL tables rather than raw shards (a folder holding .tar files is shards)."""
+    if spec is None:
+        return False
+    if os.path.isdir(spec):
+        return not glob.glob(os.path.join(spec, "*.tar")) and bool(
+            [p for p in glob.glob(os.path.join(spec, "*")) if table_format(p)])
+    return table_format(spec) is not None
+
+
+def column_names(path: str) -> list[str]:
+    """The columns of a table file, read from its header only."""
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            return pq.read_schema(path).names
+        if fmt.startswith(("csv", "tsv")):
+            return pa_csv.open_csv(path, parse_options=_csv_parse(fmt)).schema.names
+        opener = gzip.open if fmt.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            first = f.readline()
+        row = json.loads(first) if first.strip() else {}
+        if not isinstance(row, dict):
+            raise TableError(f"{path}: the first line is not a JSON object")
+        return list(row)
+    except (OSError, pa.ArrowInvalid, ValueError) as e:
+        if isinstance(e, TableError):
+            raise
+        raise TableError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _csv_parse(fmt: str):
+    # Captions hold quotes and newlines; CC12M's tsv has no header quoting rules beyond these.
+    return pa_csv.ParseOptions(delimiter="\t" if fmt.startswith("tsv") else ",", newlines_in_values=True)
+
+
+def check_columns(path: str, url_col: str, caption_col: str | None) -> None:
+    names = column_names(path)
+    missing = [c for c in (url_col, caption_col) if c is not None and c not in names]
+    if missing:
+        raise TableError(f"{path}: no column {', '.join(map(repr, missing))}; its columns are: "
+                         f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''} "
+                         f"(set ingest.url_col / ingest.caption_col)")
+
+
+def _json_safe(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """A column as JSON can hold it (into KEY.json): timestamps, dates and decimals as strings,
+    binary dropped (None)."""
+    t = column.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return None
+    if pa.types.is_temporal(t) or pa.types.is_decimal(t) or pa.types.is_dictionary(t):
+        return column.cast(pa.string())
+    return column
+
+
+def read_table(path: str, url_col: str, caption_col: str | None) -> pa.Table:
+    """One table file -> columns url, caption (when configured) and the carried others, in file order."""
+    check_columns(path, url_col, caption_col)
+    fmt = table_format(path)
+    text = [c for c in (url_col, caption_col) if c]
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(path)
+        elif fmt.startswith(("csv", "tsv")):
+            table = pa_csv.read_csv(path, parse_options=_csv_parse(fmt), convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in text}, strings_can_be_null=True))
+        else:
+            table = pa_json.read_json(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TableError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    columns, names = [], []
+    for name in table.column_names:
+        col = table.column(name)
+        if name in text:
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                col = col.cast(pa.string()) if not pa.types.is_nested(col.type) else pa.array(
+                    [None] * len(table), pa.string())
+            names.append("url" if name == url_col else "caption")
+        else:
+            col = _json_safe(col)
+            if col is None:
+                continue
+            names.append(f"input_{name}" if name in RESERVED else name)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=names)

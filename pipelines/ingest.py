@@ -1,0 +1,215 @@
+"""ingest: URL + caption tables -> raw WebDataset shards in img2dataset's layout, one status row per input row.
+
+img2dataset's own Downloader, Resizer and writer do each shard's work (curate/ingest/shard.py);
+Beam distributes the shards. A rerun skips finished shards and redoes unfinished ones;
+``ingest.retry_failed`` downloads again only the rows that failed, merging them into their shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from curate.config import Option, Schema
+from curate.ingest import guard, table
+from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
+from curate.io import atomic_path
+from curate.outputs import done
+from curate.records import DECISION_SCHEMA
+
+DESCRIPTION = "URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset"
+INGEST = "ingest"  # the stage named in decision rows
+RAW = "raw"        # OUT/raw holds the raw shards
+DEFAULT_DIRECTIVES = "noai, noimageai, noindex, noimageindex"
+
+INGEST_SCHEMA: Schema = {
+    "ingest.url_col": Option(str, "column holding the image URL"),
+    "ingest.caption_col": Option(str, "column holding the caption; null = none", nullable=True),
+    "ingest.samples_per_shard": Option(int, "input rows per raw shard", min=1),
+    "ingest.thread_count": Option(int, "download threads per worker process", min=1),
+    "ingest.timeout": Option(float, "seconds a connect or a read may wait", min=0.1),
+    "ingest.retries": Option(int, "extra attempts for a failed download", min=0),
+    "ingest.image_size": Option(int, "target size of the resize (px)", min=1),
+    "ingest.resize_mode": Option(str, "img2dataset's resize mode", choices=(
+        "no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")),
+    "ingest.resize_only_if_bigger": Option(bool, "never upscale"),
+    "ingest.min_image_size": Option(int, "refuse images whose shorter side is below this (px)", min=0),
+    "ingest.max_aspect_ratio": Option(float, "refuse images with a larger long/short ratio; null = any",
+                                      min=1, nullable=True),
+    "ingest.max_image_pixels": Option(int, "refuse images declaring more pixels, before decoding", min=1),
+    "ingest.encode_format": Option(str, "format of the stored image", choices=("jpg", "png", "webp")),
+    "ingest.encode_quality": Option(int, "jpg/webp quality (0-100); png compression (0-9)", min=0, max=100),
+    "ingest.compute_hash": Option(str, "hash of the downloaded bytes in each row", choices=("md5", "sha256", "sha512"),
+                                  nullable=True),
+    "ingest.extract_exif": Option(bool, "keep the image's EXIF as a json string"),
+    "ingest.user_agent_token": Option(str, "token added to the User-Agent; X-Robots-Tag lines naming it apply",
+                                      nullable=True),
+    "ingest.disallowed_header_directives": Option(str, "X-Robots-Tag directives honoured as an opt-out "
+                                                  "(comma-separated; empty = ignore the header)"),
+    "ingest.max_image_bytes": Option(int, "refuse responses larger than this", min=1),
+    "ingest.deadline_seconds": Option(float, "a whole response must arrive within this", min=0.1),
+    "ingest.allow_networks": Option(str, "non-public networks that may be fetched (CIDRs, comma-separated), "
+                                    "e.g. 10.0.0.0/8 for an intranet; empty = public addresses only"),
+    "ingest.check_content_type": Option(bool, "refuse responses whose Content-Type is not an image"),
+    "ingest.retry_failed": Option(bool, "download again only the failed rows of finished shards (same output)"),
+}
+SCHEMA: Schema = {
+    "input": Option(str, "URL table: a .parquet/.csv/.tsv/.jsonl file (.gz allowed) or a folder of them",
+                    nullable=True),
+    "output": Option(str, "output folder"),
+    **INGEST_SCHEMA,
+}
+
+
+def reads_table(pipeline_module, spec: str | None) -> bool:
+    """Whether a run starts from URL tables: always for ingest; for a pipeline whose schema holds
+    the ingest keys (laion_filter), when given one."""
+    return pipeline_module.SCHEMA is SCHEMA or ("ingest.url_col" in pipeline_module.SCHEMA and table.is_url_table(spec))
+
+
+def settings(cfg: dict) -> Settings:
+    directives = tuple(d.strip().lower() for d in cfg["ingest.disallowed_header_directives"].split(",") if d.strip())
+    token = cfg["ingest.user_agent_token"]
+    return Settings(
+        samples_per_shard=cfg["ingest.samples_per_shard"], thread_count=cfg["ingest.thread_count"],
+        timeout=cfg["ingest.timeout"], retries=cfg["ingest.retries"], image_size=cfg["ingest.image_size"],
+        resize_mode=cfg["ingest.resize_mode"], resize_only_if_bigger=cfg["ingest.resize_only_if_bigger"],
+        min_image_size=cfg["ingest.min_image_size"], max_aspect_ratio=cfg["ingest.max_aspect_ratio"],
+        max_image_pixels=cfg["ingest.max_image_pixels"], encode_format=cfg["ingest.encode_format"],
+        encode_quality=cfg["ingest.encode_quality"], compute_hash=cfg["ingest.compute_hash"],
+        extract_exif=cfg["ingest.extract_exif"], user_agent_token=token.strip().lower() if token else None,
+        disallowed_header_directives=directives,
+        policy=guard.Policy.from_config(cfg["ingest.max_image_bytes"], cfg["ingest.deadline_seconds"],
+                                        cfg["ingest.allow_networks"], cfg["ingest.check_content_type"]))
+
+
+def check_input(cfg: dict) -> None:
+    """Everything that can be checked before any work; raises ValueError with one line."""
+    if cfg["input"] is None:
+        raise ValueError("ingest needs --input: a URL table (.parquet, .csv, .tsv, .jsonl, optionally .gz) or a folder of them")
+    for path in table.list_tables(cfg["input"]):
+        table.check_columns(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
+    guard.parse_networks(cfg["ingest.allow_networks"])
+    if cfg["ingest.encode_format"] == "png" and cfg["ingest.encode_quality"] > 9:
+        raise ValueError("ingest.encode_quality is png's compression level for encode_format png: 0-9")
+
+
+def plan(cfg: dict) -> list[ShardTask]:
+    """Cut the tables into shards (img2dataset's numbering: consecutive across files, none spanning
+    two) and write the rows of each shard still to do under OUT/raw/.pending.
+
+    Finished shards are skipped; with retry_failed their retryable failed rows are planned instead.
+    """
+    raw = os.path.join(cfg["output"], RAW)
+    pending = os.path.join(raw, ".pending")
+    shutil.rmtree(pending, ignore_errors=True)  # rows planned by an earlier, interrupted run
+    os.makedirs(pending)
+    for leftover in glob.glob(os.path.join(raw, ".*.tmp-*")):  # work folders of a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
+    n, tasks, shard_id = cfg["ingest.samples_per_shard"], [], 0
+    for path in table.list_tables(cfg["input"]):
+        rows = table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
+        # img2dataset's column order: carried columns, caption, url
+        columns = [c for c in rows.column_names if c not in ("caption", "url")] + [
+            c for c in ("caption", "url") if c in rows.column_names]
+        for start in range(0, rows.num_rows, n):
+            todo = None
+            if not is_finished(raw, shard_id):
+                todo = rows.slice(start, n).select(columns)
+            elif cfg["ingest.retry_failed"]:
+                todo = _failed_rows(os.path.join(raw, shard_name(shard_id) + ".parquet"), columns)
+            if todo is not None and todo.num_rows:
+                target = os.path.join(pending, f"{shard_name(shard_id)}.feather")
+                with atomic_path(target) as tmp:
+                    feather.write_feather(todo, tmp, compression="uncompressed")
+                tasks.append(ShardTask(shard_id, target, path, start, retry=is_finished(raw, shard_id)))
+            shard_id += 1
+    return tasks
+
+
+def _failed_rows(parquet: str, columns: list[str]) -> pa.Table:
+    rows = pq.read_table(parquet)
+    mask = pa.array([retryable(r) for r in rows.column("reason").to_pylist()], pa.bool_())
+    return rows.filter(mask).select([*columns, "key"])
+
+
+def decision_rows(task: ShardTask, s: Settings, rows: pa.Table, successes: bool) -> list[dict]:
+    """One decisions-table row per input row (only failures when ``successes`` is False: then a
+    later stage decides about the downloaded samples)."""
+    out = []
+    for r in rows.select(["key", "status", "reason", "error_message", "url", "width", "height"]).to_pylist():
+        if r["reason"] is None and not successes:
+            continue
+        row = dict.fromkeys(DECISION_SCHEMA.names)
+        row.update(key=r["key"], source_shard=task.source, source_index=task.first_row + s.index(task.shard_id, r["key"]),
+                   kept=r["reason"] is None, reason=r["reason"], stage=INGEST, width=r["width"], height=r["height"],
+                   detail=None if r["reason"] is None else f"{r['error_message']}; url {str(r['url'])[:500]}")
+        out.append(row)
+    return out
+
+
+class DownloadShardFn(beam.DoFn):
+    """ShardTask -> the shard in OUT/raw (img2dataset's files) and its rows in OUT/decisions."""
+
+    def __init__(self, s: Settings, out: str, successes: bool):
+        self._s, self._out, self._successes = s, out, successes
+
+    def process(self, task: ShardTask):
+        decisions = os.path.join(self._out, "decisions", f"{INGEST}-{shard_name(task.shard_id)}.parquet")
+
+        def write_decisions(rows):
+            os.makedirs(os.path.dirname(decisions), exist_ok=True)
+            with atomic_path(decisions) as tmp:
+                pq.write_table(pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
+                                                    schema=DECISION_SCHEMA), tmp)
+
+        from curate.ingest.download import download_shard  # img2dataset: imported by workers only
+
+        rows = download_shard(task, self._s, os.path.join(self._out, RAW), on_rows=write_decisions)
+        with contextlib.suppress(OSError):  # the last shard done leaves no empty .pending behind
+            os.rmdir(os.path.dirname(task.rows_path))
+        ok = sum(r is None for r in rows.column("reason").to_pylist())
+        beam.metrics.Metrics.counter("curate", "ingest_rows").inc(rows.num_rows)
+        beam.metrics.Metrics.counter("curate", "ingest_successes").inc(ok)
+        yield shard_name(task.shard_id), rows.num_rows, ok
+
+
+class Ingest(beam.PTransform):
+    """Planned shards -> raw shards + status rows; ``expand`` reads as the stage's description."""
+
+    def __init__(self, cfg: dict, tasks: list[ShardTask], successes: bool = True):
+        super().__init__()
+        self._cfg, self._tasks, self._successes = cfg, tasks, successes
+
+    def expand(self, pbegin):
+        written = (pbegin
+                   | "PlannedShards" >> beam.Create(self._tasks)
+                   | "Spread" >> beam.Reshuffle()
+                   | "DownloadShard" >> beam.ParDo(DownloadShardFn(settings(self._cfg), self._cfg["output"],
+                                                                   self._successes)))
+        return done([written])
+
+
+def build(pipeline: beam.Pipeline, config: dict, successes: bool = True) -> None:
+    pipeline | "Ingest" >> Ingest(config, plan(config), successes)
+
+
+def ingest_first(cfg: dict, options) -> dict:
+    """For a pipeline given a URL table: ingest into OUT/raw (failures become its decision rows),
+    then return the config that reads OUT/raw as its raw shards."""
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, cfg, successes=False)
+    pipeline.run().wait_until_finish()
+    return {**cfg, "input": os.path.join(cfg["output"], RAW)}
+
+
+def describe_outputs(cfg: dict) -> str:
+    """Where the closing summary points (the CLI's hook)."""
+    return (f"raw shards in {os.path.join(cfg['output'], RAW)} (status of every row in each NNNNN.parquet, "
+            f"column reason)")

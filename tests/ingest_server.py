@@ -1,0 +1,190 @@
+"""A local HTTP server on 127.0.0.1 for ingest tests and the ingest benchmark.
+
+Serves synthetic images (curate.synth scenes) at /img/N.jpg and answers the faults a web crawl
+meets at the other paths (FAULTS: path -> the reason the row must end with). Runs in a thread of
+the test process; ``python tests/ingest_server.py --port P --images N`` runs it alone (benchmark).
+"""
+from __future__ import annotations
+
+import argparse
+import http.server
+import io
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from curate import synth
+
+# path -> reason recorded for its row (None: downloads fine)
+FAULTS = {
+    "/404": "http_404",
+    "/500": "http_500",
+    "/slow": "timeout",                        # answers after SLOW_SECONDS, beyond the test timeout
+    "/trickle": "timeout",                     # headers at once, then a byte at a time past the deadline
+    "/redirect": None,                         # 302 -> /img/0.jpg
+    "/redirect-chain": None,                   # 301 -> 307 -> /img/1.jpg
+    "/html": "wrong_content_type",             # image bytes labelled text/html
+    "/corrupt": "undecodable_image",           # image/jpeg that is not a JPEG
+    "/bomb": "decompression_bomb",             # a PNG header declaring 12000 x 12000 pixels
+    "/noai": "opted_out",                      # X-Robots-Tag: noai
+    "/noimageindex-other-bot": None,           # X-Robots-Tag for another user agent only
+    "/to-private": "refused_private_address",  # 302 -> http://169.254.169.254/ (cloud metadata)
+    "/to-ftp": "refused_scheme",               # 302 -> ftp://
+    "/huge": "too_large",                      # Content-Length above the byte cap
+    "/loop": "redirect_error",                 # redirects to itself
+}
+SLOW_SECONDS = 4.0
+
+
+def image_bytes(index: int, size: tuple[int, int] | None = None) -> bytes:
+    """A rendered synthetic scene as JPEG, a pure function of ``index``."""
+    rng = synth.sample_rng(99, index)
+    groups = synth.make_scene(rng)
+    img = synth.render(groups, size or synth.CANVASES[index % len(synth.CANVASES)], rng)
+    return synth.encode_jpeg(img, 90)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height; its data is a few bytes (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes = b"", ctype: str = "image/jpeg", headers: dict | None = None):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _redirect(self, code: int, location: str):
+        self.send_response(code)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):  # noqa: C901 - one branch per fault, read as a table
+        srv, path = self.server, self.path.split("?")[0]
+        with srv.lock:
+            srv.hits[path] = srv.hits.get(path, 0) + 1
+        try:
+            if path.startswith("/img/"):
+                index = int(path[len("/img/"):].split(".")[0])
+                self._send(200, srv.image(index))
+            elif path.startswith("/flaky/"):  # 503 while the server's flaky switch is on
+                index = int(path[len("/flaky/"):].split(".")[0])
+                if srv.flaky:
+                    self._send(503, b"busy", "text/plain")
+                else:
+                    self._send(200, srv.image(index))
+            elif path == "/404":
+                self._send(404, b"not found", "text/plain")
+            elif path == "/500":
+                self._send(500, b"error", "text/plain")
+            elif path == "/slow":
+                time.sleep(SLOW_SECONDS)
+                self._send(200, srv.image(0))
+            elif path == "/trickle":
+                body = srv.image(0)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                    if srv.stopping.is_set():
+                        return
+            elif path == "/redirect":
+                self._redirect(302, "/img/0.jpg")
+            elif path == "/redirect-chain":
+                self._redirect(301, "/redirect-chain-2")
+            elif path == "/redirect-chain-2":
+                self._redirect(307, "/img/1.jpg")
+            elif path == "/html":
+                self._send(200, srv.image(2), "text/html; charset=utf-8")
+            elif path == "/corrupt":
+                self._send(200, b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "image/jpeg")
+            elif path == "/bomb":
+                self._send(200, png_header_only(12000, 12000), "image/png")
+            elif path == "/noai":
+                self._send(200, srv.image(3), headers={"X-Robots-Tag": "noai"})
+            elif path == "/noimageindex-other-bot":
+                self._send(200, srv.image(4), headers={"X-Robots-Tag": "otherbot: noimageindex"})
+            elif path == "/to-private":
+                self._redirect(302, "http://169.254.169.254/latest/meta-data/")
+            elif path == "/to-ftp":
+                self._redirect(302, "ftp://127.0.0.1/x.jpg")
+            elif path == "/huge":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(10 ** 10))
+                self.end_headers()
+            elif path == "/loop":
+                self._redirect(302, "/loop")
+            else:
+                self._send(404, b"no such path", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeouts, refusals): expected
+
+
+class FaultServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, image_size: tuple[int, int] | None = None):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.lock, self.hits, self.flaky = threading.Lock(), {}, True
+        self.stopping = threading.Event()
+        self._size, self._cache = image_size, {}
+
+    def image(self, index: int) -> bytes:
+        if index not in self._cache:
+            self._cache[index] = image_bytes(index, self._size)
+        return self._cache[index]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--images", type=int, default=0, help="render this many images before serving")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    args = ap.parse_args(argv)
+    server = FaultServer(args.port, (args.width, args.height))
+    for i in range(args.images):
+        server.image(i)
+    print(f"serving on {server.base}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
