@@ -72,3 +72,68 @@ def test_near_is_order_independent(seed):
     shuffled = random.Random(seed).sample(samples, len(samples))
     assert sorted(s.key for s in dedup.near_duplicates(shuffled, 0.98)[0]) == ref
     assert len(ref) == 30
+
+
+# --- exact (url, caption) ---------------------------------------------------------------------
+
+def test_url_caption_key_normalises_host_case_port_fragment_and_caption_spacing():
+    a = dedup.url_caption_key("HTTP://Example.COM:80/img/A.jpg#top", "A  red\tCircle ")
+    b = dedup.url_caption_key(" http://example.com/img/A.jpg", "a red circle")
+    assert a == b
+    assert dedup.url_caption_key("http://example.com/img/a.jpg", "a red circle") != b  # path case matters
+    assert dedup.url_caption_key("http://example.com/img/A.jpg", "a blue circle") != b
+    assert dedup.url_caption_key(None, "x") is None and dedup.url_caption_key("http://e.com/", None) is None
+    assert dedup.url_caption_key("http://e.com:notaport/", "x") is not None  # bad port: compared as written
+
+
+# --- near: exact search in blocks, clustered search ----------------------------------------------
+
+def _clustered(n, d=32, topics=8, copies=40, seed=0):
+    """Points around topic centres plus ``copies`` planted near copies (cosine 0.97-0.999)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, d))
+    x = centres[rng.integers(topics, size=n)] + rng.normal(scale=0.6, size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src = rng.choice(n, size=copies, replace=False)
+    y = x[src] + rng.normal(scale=0.03, size=(copies, d))
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    return np.concatenate([x, y]).astype(np.float32), src
+
+
+def _brute(x, threshold):
+    sim = x @ x.T
+    return {(i, j) for i, j in zip(*np.nonzero(np.round(sim, 4) >= threshold), strict=True) if i < j}
+
+
+def test_pairs_above_in_blocks_equals_brute_force():
+    x, _ = _clustered(300)
+    i, j, s = dedup.pairs_above(x, 0.95, block=64)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == _brute(x, 0.95) and len(i) >= 40
+    assert np.all(s >= 0.95)
+
+
+def test_clustered_search_finds_every_planted_pair_and_only_true_pairs():
+    x, src = _clustered(3000)
+    ranks = np.array([dedup.training_rank(str(k), (0, k)) for k in range(len(x))], dtype=np.uint64)
+    i, j, _s = dedup.near_pairs(x, 0.95, ranks, flat_max=100)
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    truth = _brute(x, 0.95)
+    planted = {(int(a), 3000 + k) for k, a in enumerate(src)}
+    assert planted <= truth and found <= truth  # precision 1: every found pair is checked exactly
+    assert len(found & truth) / len(truth) >= 0.98
+
+
+def test_assign_adds_a_second_cluster_only_near_a_border():
+    centroids = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    x = np.stack([unit(1, 0), unit(1, 0.98)])  # deep inside cluster 0; on the 0/1 border
+    got = dedup.assign(x, centroids, m=2, border=0.05)
+    assert got[0].tolist() == [0, -1] and sorted(got[1].tolist()) == [0, 1]
+
+
+def test_follow_points_followers_at_the_final_kept_sample():
+    a, b, c = sample("1", 0.9, unit(1, 0)), sample("2", 0.5, unit(1, 0.01)), sample("3", 0.5, unit(1, 0.01))
+    exact = dedup.Duplicate(c, b, "sha256:h")          # c copies b ...
+    near = dedup.Duplicate(b, a, "near:1", 0.9999, dedup.NEAR_DUPLICATE, "near_dedup")  # ... b is then dropped for a
+    (moved,) = dedup.follow([exact], near)
+    assert moved.kept is a and moved.group == "near:1" and moved.reason == dedup.EXACT_DUPLICATE
+    assert moved.similarity == pytest.approx(float(unit(1, 0.01) @ unit(1, 0)), abs=1e-4)

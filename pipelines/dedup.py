@@ -1,0 +1,448 @@
+"""Beam composites for the corpus-wide steps of laion_filter: decontamination and deduplication.
+
+No worker holds every embedding (above ``near_flat_max`` samples): a first pass trains k-means
+centroids on a hashed sample of the embeddings, a second keys each embedding by its nearest
+centroid (and by the next one when it lies near that border), groups by cluster and searches pairs
+exactly within each group. Only the pairs (two input positions each) meet on one worker, to be
+joined into connected components; the members of each group then meet by group to keep one.
+
+Elements between the steps are entries ``(sample, followers)``: a sample still in the running and
+the duplicates dropped in its favour so far. When a sample is dropped at a later step, its
+followers move to the sample kept in its place (``dedup.follow``), so every dropped row names a
+sample in the output, whatever step dropped it. Decisions are written once, at the end.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import apache_beam as beam
+import numpy as np
+
+from curate.config import ConfigError, Option, Schema
+from curate.outputs import DECISIONS, MAIN, split
+from curate.records import NEAR_DEDUP, decision
+from curate.timing import timed
+from filters import decontaminate, dedup, semdedup
+
+
+SCHEMA: Schema = {
+    "dedup.url_caption": Option(bool, "drop samples whose normalised (url, caption) pair repeats"),
+    "dedup.near_flat_max": Option(int, "up to this many samples, one exact search over all pairs; above, "
+                                  "k-means clusters searched one by one", min=2),
+    "dedup.near_assignments": Option(int, "clusters an embedding may join (its nearest, then those within "
+                                     "near_border); 2 catches pairs across a border", min=1, max=8),
+    "dedup.near_border": Option(float, "join a further cluster when its centroid similarity is within this "
+                                "of the nearest one's", min=0, max=2),
+    "dedup.semdedup.enabled": Option(bool, "SemDeDup after near dedup: within each k-means cluster drop "
+                                     "samples closer than 1 - eps to a kept one"),
+    "dedup.semdedup.eps": Option(float, "SemDeDup's eps (used when target_fraction is null)", min=0, max=1),
+    "dedup.semdedup.target_fraction": Option(float, "pick eps (0.0025 steps up to 0.2) so that at most this "
+                                             "share of SemDeDup's input is kept; null = use eps",
+                                             min=0, max=1, nullable=True),
+    "dedup.semdedup.keep": Option(str, "which member of a group is offered a place first: hard (far from the "
+                                  "centroid), easy (close to it), random (seeded)", choices=semdedup.KEEP_MODES),
+    "dedup.semdedup.seed": Option(int, "seed of keep: random", min=0),
+    "decontaminate.eval_set": Option(str, "evaluation images to keep out: a .npy of embeddings, an embeddings "
+                                     "folder (clip-retrieval layout) or a folder of images; null = off",
+                                     nullable=True),
+    "decontaminate.threshold": Option(float, "image cosine to an evaluation image at or above which a "
+                                      "sample is dropped", min=0, max=1),
+}
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    exact: bool = True
+    url_caption: bool = False
+    near: bool = True
+    near_threshold: float = 0.96
+    near_flat_max: int = 50_000
+    near_assignments: int = 2
+    near_border: float = 0.1
+    semdedup: bool = False
+    semdedup_eps: float = 0.05
+    semdedup_target: float | None = None
+    semdedup_keep: str = "hard"
+    semdedup_seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "DedupParams":
+        return cls(cfg["dedup.exact"], cfg["dedup.url_caption"], cfg["dedup.near"], cfg["dedup.near_threshold"],
+                   cfg["dedup.near_flat_max"], cfg["dedup.near_assignments"], cfg["dedup.near_border"],
+                   cfg["dedup.semdedup.enabled"], cfg["dedup.semdedup.eps"], cfg["dedup.semdedup.target_fraction"],
+                   cfg["dedup.semdedup.keep"], cfg["dedup.semdedup.seed"])
+
+
+def duplicate_decision(d: dedup.Duplicate) -> dict:
+    return decision(d.sample, False, d.stage, d.reason, dup_group=d.group,
+                    kept_instead=d.kept.key, dup_similarity=d.similarity)
+
+
+def absorb(kept_entry, dropped: list[tuple[dedup.Duplicate, list[dedup.Duplicate]]]):
+    """The kept entry takes each dropped sample (as a Duplicate) and that sample's followers."""
+    sample, followers = kept_entry
+    followers = list(followers)
+    for d, its_followers in dropped:
+        followers.append(d)
+        followers.extend(dedup.follow(its_followers, d))
+    return sample, followers
+
+
+# --- exact ------------------------------------------------------------------------------------
+
+class _KeepOneExact(beam.DoFn):
+    def __init__(self, reason: str, label_prefix: str):
+        self._reason, self._prefix = reason, label_prefix
+
+    def process(self, element):
+        key, entries = element
+        entries = list(entries)
+        if len(entries) == 1:
+            yield entries[0]
+            return
+        followers_of = {e[0].order: e[1] for e in entries}
+        label = None if self._prefix == "sha256" else f"{self._prefix}:{key[1][:16]}"
+        kept, dups = dedup.exact_duplicates([e[0] for e in entries], label, self._reason)
+        yield absorb((kept, followers_of[kept.order]), [(d, followers_of[d.sample.order]) for d in dups])
+
+
+class ExactGroups(beam.PTransform):
+    """Entries sharing an exact key -> one kept entry per key (entries without a key pass)."""
+
+    def __init__(self, key_fn, reason: str, label_prefix: str):
+        super().__init__()
+        self._key_fn, self._reason, self._prefix = key_fn, reason, label_prefix
+
+    def expand(self, entries):
+        key_fn = self._key_fn
+
+        def keyed(entry):
+            k = key_fn(entry[0])
+            return (("k", k) if k is not None else ("o", entry[0].order)), entry
+
+        return (entries
+                | "ByKey" >> beam.Map(keyed)
+                | "Group" >> beam.GroupByKey()
+                | "KeepOne" >> beam.ParDo(_KeepOneExact(self._reason, self._prefix)))
+
+
+# --- centroids (pass 1) -----------------------------------------------------------------------
+
+def _count(pcoll, label: str):
+    return (pcoll | f"{label}:One" >> beam.Map(lambda _: (0, 1))
+            | f"{label}:Gather" >> beam.GroupByKey()
+            | f"{label}:Sum" >> beam.Map(lambda kv: sum(kv[1])))
+
+
+class _TrainingCandidate(beam.DoFn):
+    """Entries whose hash rank falls in the training sample (oversampled; trimmed when training)."""
+
+    def __init__(self, flat_max: int):
+        self._flat_max = flat_max
+
+    def process(self, entry, n):
+        k = dedup.cluster_count(n, self._flat_max)
+        if k == 1:
+            return
+        s = entry[0]
+        rank = dedup.training_rank(s.key, s.order)
+        if rank < 2**64 * min(1.0, 1.5 * k * dedup.TRAIN_PER_CENTROID / n):
+            yield 0, (rank, s.order, np.asarray(s.image_embedding, np.float16))
+
+
+class _Train(beam.DoFn):
+    def __init__(self, flat_max: int):
+        self._flat_max = flat_max
+
+    def process(self, element, n):
+        _, rows = element
+        k = dedup.cluster_count(n, self._flat_max)
+        rows = sorted(rows, key=lambda r: (r[0], r[1]))[:k * dedup.TRAIN_PER_CENTROID]
+        with timed("train_centroids"):
+            yield dedup.train_centroids(np.stack([r[2] for r in rows]), k)
+
+
+class TrainCentroids(beam.PTransform):
+    """Entries -> one element: (k, d) centroids, or nothing when the corpus is small enough for one
+    exact flat search (read it with ``beam.pvalue.AsSingleton(..., default_value=None)``)."""
+
+    def __init__(self, flat_max: int):
+        super().__init__()
+        self._flat_max = flat_max
+
+    def expand(self, entries):
+        n = beam.pvalue.AsSingleton(_count(entries, "Count"), default_value=0)
+        return (entries
+                | "HashedSample" >> beam.ParDo(_TrainingCandidate(self._flat_max), n)
+                | "GatherSample" >> beam.GroupByKey()
+                | "KMeans" >> beam.ParDo(_Train(self._flat_max), n))
+
+
+def _clusters(emb, centroids, m: int, border: float) -> list[int]:
+    if centroids is None:
+        return [0]
+    ids = dedup.assign(np.asarray(emb, np.float32)[None, :], centroids, m, border)[0]
+    return [int(c) for c in ids if c >= 0]
+
+
+# --- near duplicates (pass 2) -----------------------------------------------------------------
+
+class _ToClusters(beam.DoFn):
+    def __init__(self, m: int, border: float):
+        self._m, self._border = m, border
+
+    def process(self, entry, centroids):
+        s = entry[0]
+        for c in _clusters(s.image_embedding, centroids, self._m, self._border):
+            yield c, (s.order, np.asarray(s.image_embedding, np.float32))
+
+
+class _PairsInCluster(beam.DoFn):
+    def __init__(self, threshold: float):
+        self._threshold = threshold
+
+    def process(self, element):
+        _, members = element
+        members = sorted(members, key=lambda m: m[0])
+        if len(members) < 2:
+            return
+        with timed(NEAR_DEDUP):
+            i, j, _s = dedup.pairs_above(np.stack([m[1] for m in members]), self._threshold)
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            yield 0, (members[a][0], members[b][0])
+
+
+class _Components(beam.DoFn):
+    """All pairs (positions only) -> (position, group id) for every sample in a pair."""
+
+    def process(self, element):
+        _, pairs = element
+        pairs = sorted(set(pairs))
+        nodes = sorted({p for pair in pairs for p in pair})
+        index = {p: i for i, p in enumerate(nodes)}
+        labels = dedup.components(len(nodes), np.array([index[a] for a, _ in pairs]),
+                                  np.array([index[b] for _, b in pairs]))
+        first = {}
+        for p, label in zip(nodes, labels.tolist(), strict=True):
+            first.setdefault(label, p)  # nodes are sorted: the group id is its earliest position
+        for p, label in zip(nodes, labels.tolist(), strict=True):
+            yield p, ("group", first[label])
+
+
+class _Route(beam.DoFn):
+    def process(self, element):
+        _, items = element
+        group = next((v for tag, v in items if tag == "group"), None)
+        entry = next(v for tag, v in items if tag == "entry")
+        if group is None:
+            yield MAIN, entry
+        else:
+            yield "grouped", (group, entry)
+
+
+class _KeepOnePerGroup(beam.DoFn):
+    def process(self, element):
+        _, entries = element
+        entries = list(entries)
+        followers_of = {e[0].order: e[1] for e in entries}
+        kept, dups = dedup.keep_one_per_group([e[0] for e in entries])
+        yield absorb((kept, followers_of[kept.order]), [(d, followers_of[d.sample.order]) for d in dups])
+
+
+class NearDuplicates(beam.PTransform):
+    """Entries -> one kept entry per connected group of near-duplicate images."""
+
+    def __init__(self, params: DedupParams, centroids):
+        super().__init__()
+        self._p, self._centroids = params, centroids
+
+    def expand(self, entries):
+        p = self._p
+        groups = (entries
+                  | "ToClusters" >> beam.ParDo(_ToClusters(p.near_assignments, p.near_border),
+                                               beam.pvalue.AsSingleton(self._centroids, default_value=None))
+                  | "GroupByCluster" >> beam.GroupByKey()
+                  | "PairsInCluster" >> beam.ParDo(_PairsInCluster(p.near_threshold))
+                  | "GatherPairs" >> beam.GroupByKey()
+                  | "Components" >> beam.ParDo(_Components()))
+        routed = split((entries | "ByPosition" >> beam.Map(lambda e: (e[0].order, ("entry", e))), groups)
+                       | "EntriesAndGroups" >> beam.Flatten()
+                       | "JoinGroups" >> beam.GroupByKey()
+                       | "Route" >> beam.ParDo(_Route()), "Route", "alone", "grouped")
+        merged = (routed.grouped
+                  | "GroupMembers" >> beam.GroupByKey()
+                  | "KeepOnePerGroup" >> beam.ParDo(_KeepOnePerGroup()))
+        return (routed.alone, merged) | "AloneAndKept" >> beam.Flatten()
+
+
+# --- SemDeDup -----------------------------------------------------------------------------------
+
+class _ToNearestCluster(beam.DoFn):
+    def process(self, entry, centroids):
+        c = _clusters(entry[0].image_embedding, centroids, 1, 0.0)[0]
+        yield c, entry
+
+
+def _cluster_members(element, centroids):
+    cluster, entries = element
+    entries = sorted(entries, key=lambda e: e[0].order)
+    centroid = None if centroids is None else centroids[cluster]
+    return entries, centroid
+
+
+class _KeptCounts(beam.DoFn):
+    def __init__(self, keep: str, seed: int):
+        self._keep, self._seed = keep, seed
+
+    def process(self, element, centroids):
+        entries, centroid = _cluster_members(element, centroids)
+        yield 0, (len(entries), semdedup.kept_counts([e[0] for e in entries], centroid, self._keep, self._seed))
+
+
+def _choose_eps(element, target: float) -> float:
+    _, counts = element
+    counts = list(counts)
+    total = sum(n for n, _ in counts)
+    return semdedup.choose_eps(np.sum([c for _, c in counts], axis=0), total, target)
+
+
+class _SemDeDupCluster(beam.DoFn):
+    def __init__(self, keep: str, seed: int):
+        self._keep, self._seed = keep, seed
+
+    def process(self, element, centroids, eps):
+        entries, centroid = _cluster_members(element, centroids)
+        followers_of = {e[0].order: e[1] for e in entries}
+        with timed(semdedup.STAGE):
+            kept, dups = semdedup.semdedup_cluster([e[0] for e in entries], centroid, eps, self._keep, self._seed)
+        by_kept: dict[tuple, list] = {}
+        for d in dups:
+            by_kept.setdefault(d.kept.order, []).append((d, followers_of[d.sample.order]))
+        for s in kept:
+            yield absorb((s, followers_of[s.order]), by_kept.get(s.order, []))
+
+
+class SemDeDup(beam.PTransform):
+    """Entries -> entries kept by SemDeDup within each k-means cluster (fixed eps or target fraction)."""
+
+    def __init__(self, params: DedupParams, centroids):
+        super().__init__()
+        self._p, self._centroids = params, centroids
+
+    def expand(self, entries):
+        p = self._p
+        centroids = beam.pvalue.AsSingleton(self._centroids, default_value=None)
+        clusters = (entries
+                    | "ToNearestCluster" >> beam.ParDo(_ToNearestCluster(), centroids)
+                    | "GroupByCluster" >> beam.GroupByKey())
+        if p.semdedup_target is None:
+            eps = entries.pipeline | "FixedEps" >> beam.Create([p.semdedup_eps])
+        else:
+            eps = (clusters
+                   | "KeptCounts" >> beam.ParDo(_KeptCounts(p.semdedup_keep, p.semdedup_seed), centroids)
+                   | "GatherCounts" >> beam.GroupByKey()
+                   | "ChooseEps" >> beam.Map(_choose_eps, p.semdedup_target))
+        return clusters | "DeduplicateClusters" >> beam.ParDo(
+            _SemDeDupCluster(p.semdedup_keep, p.semdedup_seed), centroids, beam.pvalue.AsSingleton(eps))
+
+
+# --- the whole step -----------------------------------------------------------------------------
+
+def _decisions(entry):
+    return [duplicate_decision(d) for d in entry[1]]
+
+
+class Deduplicate(beam.PTransform):
+    """Exact duplicates (sha256 of the image, then normalised url + caption), near-duplicate images
+    (clustered FAISS-style search, connected groups), then SemDeDup; one sample kept per group.
+
+    Returns {"kept": samples, "decisions": rows}; the decision rows are written once all steps ran.
+    """
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self._p = params
+
+    def expand(self, samples):
+        p = self._p
+        entries = samples | "Entries" >> beam.Map(lambda s: (s, []))
+        if p.exact:
+            entries = entries | "ExactImage" >> ExactGroups(lambda s: s.sha256, dedup.EXACT_DUPLICATE, "sha256")
+        if p.url_caption:
+            entries = entries | "ExactUrlCaption" >> ExactGroups(
+                lambda s: dedup.url_caption_key(getattr(s, "url", None), s.caption), dedup.URL_CAPTION_DUPLICATE, "url_caption")
+        if p.near or p.semdedup:
+            centroids = entries | "TrainCentroids" >> TrainCentroids(p.near_flat_max)
+            if p.near:
+                entries = entries | "NearDuplicates" >> NearDuplicates(p, centroids)
+            if p.semdedup:
+                entries = entries | "SemDeDup" >> SemDeDup(p, centroids)
+        return {"kept": entries | "KeptSamples" >> beam.Map(lambda e: e[0]),
+                "decisions": entries | "DuplicateDecisions" >> beam.FlatMap(_decisions)}
+
+
+# --- decontamination ----------------------------------------------------------------------------
+
+def embed_image_files(spec):
+    """files -> (n, d) L2-normalised image embeddings by the scorer, rounded through float16 as
+    the corpus's stored embeddings are."""
+    def embed(files):
+        import torch
+        from PIL import Image
+
+        from curate.models import clip
+
+        model, transform = clip.load_model(spec), clip.image_transform(spec)
+        out = []
+        for a in range(0, len(files), 64):
+            batch = []
+            for f in files[a:a + 64]:
+                with Image.open(f) as im:
+                    batch.append(transform(im.convert("RGB")))
+            with torch.inference_mode():
+                emb = model.encode_image(torch.stack(batch).to(spec.resolved_device()), normalize=True)
+            out.append(emb.float().cpu().numpy())
+        return np.concatenate(out).astype(np.float16).astype(np.float32)
+    return embed
+
+
+class _DecontaminateFn(beam.DoFn):
+    def __init__(self, eval_set: str, threshold: float, spec):
+        self._path, self._threshold, self._spec = eval_set, threshold, spec
+        self._emb = self._names = None
+
+    def setup(self):
+        self._emb, self._names = decontaminate.load_eval_set(self._path, embed_image_files(self._spec))
+
+    def process(self, sample):
+        with timed(decontaminate.STAGE):
+            best, sim = decontaminate.nearest_eval(sample.image_embedding, self._emb)
+        if decontaminate.is_contaminated(sim, self._threshold):
+            yield DECISIONS, decision(sample, False, decontaminate.STAGE, decontaminate.CONTAMINATED,
+                                      detail=f"eval item {self._names[best]}", dup_group=f"eval:{self._names[best]}",
+                                      dup_similarity=sim)
+        else:
+            yield MAIN, sample
+
+
+class Decontaminate(beam.PTransform):
+    """Samples -> those not close to any evaluation image (main) and decision rows for the rest."""
+
+    def __init__(self, eval_set: str | None, threshold: float, spec):
+        super().__init__()
+        self._args = (eval_set, threshold, spec)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Decontaminate":
+        from pipelines import score
+
+        if cfg["decontaminate.eval_set"] is not None and not os.path.exists(cfg["decontaminate.eval_set"]):
+            raise ConfigError(f"config error: decontaminate.eval_set {cfg['decontaminate.eval_set']!r} does not exist")
+        return cls(cfg["decontaminate.eval_set"], cfg["decontaminate.threshold"], score.scorer_spec(cfg))
+
+    def expand(self, samples):
+        if self._args[0] is None:
+            return SimpleNamespace(clean=samples, decisions=samples.pipeline | "NoEvalSet" >> beam.Create([]))
+        return split(samples | "NearestEvalImage" >> beam.ParDo(_DecontaminateFn(*self._args)), "NearestEvalImage", "clean")
