@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow as pa
 
 # Stages, in pipeline order; a decision row names the stage that made it.
-READ, DECODE, BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, WRITE = (
-    "read", "decode", "basic_filter", "clip_score", "exact_dedup", "near_dedup", "write")
+READ, DECODE, BASIC_FILTER, CLIP_SCORE, DECONTAMINATE, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
+    "read", "decode", "basic_filter", "clip_score", "decontaminate", "exact_dedup", "near_dedup", "semdedup",
+    "write")
 
 
 # Scores and similarities are kept to 4 decimals: the last bits of a float32 cosine change with the
@@ -52,6 +53,7 @@ class Sample:
     clip_score: float | None = None
     image_embedding: np.ndarray | None = field(default=None, repr=False)
     text_embedding: np.ndarray | None = field(default=None, repr=False)
+    url: str | None = None  # the input json's url (exact dedup on url + caption)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -74,7 +76,7 @@ DECISION_SCHEMA = pa.schema([
     ("sha256", pa.string()),
     ("clip_score", pa.float32()),
     ("clip_threshold", pa.float32()),
-    ("dup_group", pa.string()),       # exact: "sha256:<hex>"; near: "near:<kept key>"
+    ("dup_group", pa.string()),       # "sha256:<hex>", "url_caption:<hash>", "near:<kept key>", "semdedup:<kept key>", "eval:<item>"
     ("kept_instead", pa.string()),    # for a dropped duplicate: the key kept in its place
     ("dup_similarity", pa.float32()),  # cosine to the kept sample (near duplicates)
 ])

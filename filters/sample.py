@@ -53,6 +53,7 @@ def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485) -> Verdict
     sample = Sample(key=raw.key, shard_index=raw.shard_index, shard_path=raw.shard_path,
                     member_index=raw.member_index, image_ext=image_ext,
                     language=meta.get("language") if isinstance(meta.get("language"), str) else None,
+                    url=meta.get("url") if isinstance(meta.get("url"), str) else None,
                     sha256=hashlib.sha256(data).hexdigest() if data else None)
     members = f"members: {', '.join(sorted(raw.fields)) or 'none'}"  # a dotted key shows as 'b.jpg'
     if "txt" not in raw.fields:

@@ -15,12 +15,12 @@ import apache_beam as beam
 from curate.config import Option, Schema, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings
 from curate.outputs import DECISIONS, MAIN, done, split
-from curate.records import BASIC_FILTER, CLIP_SCORE, EXACT_DEDUP, NEAR_DEDUP, decision
+from curate.records import BASIC_FILTER, CLIP_SCORE, decision
 from curate.scoring import cpu_threads_per_worker
-from curate.timing import timed
 from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
-from filters import dedup, select
+from filters import select
 from filters.sample import BasicFilterParams, basic_filter
+from pipelines import dedup as dedup_steps
 from pipelines import export, score
 
 DESCRIPTION = "basic filters, CLIP score selection, exact and near-duplicate removal, curated shards"
@@ -50,6 +50,7 @@ SCHEMA: Schema = {
     "dedup.near": Option(bool, "drop near-duplicate images (CLIP image-embedding cosine)"),
     "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates",
                                    min=0, max=1),
+    **dedup_steps.SCHEMA,
     "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1),
     "exports": Option(list, "family exports of the curated shards, each into OUT/exports/<format> "
                       "(settings: configs/export.yaml)", choices=tuple(export.FORMATS)),
@@ -129,73 +130,6 @@ class SelectByScore(beam.PTransform):
             cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])), "Threshold", "passed")
 
 
-def _duplicate_decision(d: dedup.Duplicate, stage: str, reason: str) -> dict:
-    return decision(d.sample, False, stage, reason, dup_group=d.group, kept_instead=d.kept.key,
-                    dup_similarity=d.similarity)
-
-
-class ExactDedupFn(beam.DoFn):
-    """Samples sharing a sha256 -> the kept one (main) and the others as Duplicates (tag 'duplicates')."""
-
-    def process(self, element):
-        _sha, group = element
-        kept, dups = dedup.exact_duplicates(list(group))
-        yield MAIN, kept
-        for d in dups:
-            yield "duplicates", d
-
-
-class NearDedupFn(beam.DoFn):
-    """All remaining samples (and the exact Duplicates) -> kept samples and decisions for the rest."""
-
-    def __init__(self, threshold: float):
-        self._threshold = threshold
-
-    def process(self, element):
-        _, items = element
-        samples = [x for x in items if not isinstance(x, dedup.Duplicate)]
-        exact = [x for x in items if isinstance(x, dedup.Duplicate)]
-        with timed(NEAR_DEDUP):
-            kept, near = dedup.near_duplicates(samples, self._threshold)
-        for s in kept:
-            yield MAIN, s
-        for d in near:
-            yield DECISIONS, _duplicate_decision(d, NEAR_DEDUP, dedup.NEAR_DUPLICATE)
-        for d in dedup.follow_to_kept(exact, near):
-            yield DECISIONS, _duplicate_decision(d, EXACT_DEDUP, dedup.EXACT_DUPLICATE)
-
-
-class Deduplicate(beam.PTransform):
-    """Exact duplicates (same sha256) first, then near duplicates among what is left.
-
-    Returns {"kept": samples, "decisions": rows}. Exact duplicates travel with the near-dedup step
-    (metadata only) so that, when their kept sample is dropped there, they name the final one.
-    """
-
-    def __init__(self, exact: bool, near: bool, near_threshold: float):
-        super().__init__()
-        self._exact, self._near, self._threshold = exact, near, near_threshold
-
-    def expand(self, samples):
-        pipeline = samples.pipeline
-        exact_dups = pipeline | "NoExactDedup" >> beam.Create([])
-        if self._exact:
-            exact = split(samples
-                          | "BySha256" >> beam.Map(lambda s: (s.sha256, s))
-                          | "GroupSha256" >> beam.GroupByKey()
-                          | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn()), "KeepOnePerHash", "kept", "duplicates")
-            samples, exact_dups = exact.kept, exact.duplicates
-        if not self._near:
-            return {"kept": samples, "decisions": exact_dups | "ExactDecisions" >> beam.Map(
-                _duplicate_decision, EXACT_DEDUP, dedup.EXACT_DUPLICATE)}
-        near = split((samples, exact_dups)
-                     | "SamplesAndDuplicates" >> beam.Flatten()
-                     | "All" >> beam.Map(lambda x: (0, x))
-                     | "GatherEmbeddings" >> beam.GroupByKey()
-                     | "KeepOnePerGroup" >> beam.ParDo(NearDedupFn(self._threshold)), "KeepOnePerGroup", "kept")
-        return {"kept": near.kept, "decisions": near.decisions}
-
-
 class LaionFilter(beam.PTransform):
     """The whole pipeline; ``expand`` reads as its description."""
 
@@ -218,11 +152,12 @@ class LaionFilter(beam.PTransform):
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
         selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
-        deduped = selected.passed | "Deduplicate" >> Deduplicate(
-            cfg["dedup.exact"], cfg["dedup.near"], cfg["dedup.near_threshold"])
+        decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
+        deduped = decontaminated.clean | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
             os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [scored.decisions, filtered.decisions, selected.decisions, deduped["decisions"],
+        all_decisions = [scored.decisions, filtered.decisions, selected.decisions, decontaminated.decisions,
+                         deduped["decisions"],
                          written["decisions"]]
         writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
                       | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
