@@ -28,11 +28,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from curate.exports import packing  # noqa: E402
-from curate.models import vq  # noqa: E402
+from curate.exports import packing
+from curate.models import vq
 
 
 def has_pil() -> bool:
@@ -52,7 +52,8 @@ def preset_config(preset: str, family: str):
     return transformers.ChameleonVQVAEConfig(), 512
 
 
-def time_encode(tok: vq.VQTokenizer, resolution: int, batch: int, seconds: float, warmup: int) -> tuple[int, float, int]:
+def time_encode(tok: vq.VQTokenizer, resolution: int, batch: int, seconds: float,
+                warmup: int) -> tuple[int, float, int]:
     """(images, seconds, codes per image) over as many batches as fit in ``seconds`` (at least one)."""
     pixels = torch.rand(batch, 3, resolution, resolution) * 2 - 1
     if tok.device.type == "cuda":
@@ -128,7 +129,8 @@ def main() -> int:
     images, secs, codes = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
     from_images = time_from_images(tok, args.batch, args.seconds)
     tokens, psecs = time_packing(codes, min(args.seconds, 5.0))
-    dev = torch.cuda.get_device_name(tok.device) if tok.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dev = (torch.cuda.get_device_name(tok.device) if tok.device.type == "cuda"
+           else f"CPU, {torch.get_num_threads()} threads")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device: {dev}; load average {load:.2f}; torch {torch.__version__}")
     print("| measure | model | input | precision | batch | count | seconds | rate |")

@@ -141,7 +141,7 @@ def test_export_is_byte_identical_whatever_the_shard_order(setup, tmp_path):
     _export(list(reversed(setup["shards"])), setup["cfg"], out2)
     names = sorted(os.listdir(setup["out"]))
     assert names == sorted(os.listdir(out2)) and "chameleon.bin" in names and ".parts" not in names
-    match, mismatch, errors = filecmp.cmpfiles(setup["out"], out2, names, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(setup["out"], out2, names, shallow=False)
     assert not mismatch and not errors
 
 
@@ -223,3 +223,29 @@ def test_bad_settings_are_one_line_errors(setup, tmp_path):
         ChameleonExport.check({**cfg, "chameleon.vq_model": str(tmp_path / "llama")})
     with pytest.raises(ConfigError, match="chameleon.tokenizer"):
         ChameleonExport.check({**cfg, "chameleon.tokenizer": str(tmp_path / "missing")})
+
+
+def test_emu3_export_skips_an_image_its_processor_rejects(setup, tmp_path):
+    """Emu3's processor refuses aspect ratios above 200: that sample is skipped and recorded in
+    layout.json, the others are exported (with Emu3's per-image code grids), the run goes on."""
+    import io as _io
+
+    from PIL import Image
+
+    from curate.io import write_tar
+    def jpeg(w, h):
+        buf = _io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="JPEG")
+        return buf.getvalue()
+    shard = str(tmp_path / "00000.tar")
+    write_tar(shard, [("a", {"jpg": jpeg(80, 64), "txt": "a red square"}),
+                      ("thin", {"jpg": jpeg(402, 2), "txt": "a thin red line"}),
+                      ("b", {"jpg": jpeg(64, 96), "txt": "a tall red box"})])
+    cfg = {**setup["cfg"], "chameleon.vq_model": vq.save_random(str(tmp_path / "emu3"), vq.tiny_config("emu3"))}
+    out = str(tmp_path / "out")
+    _export([shard], cfg, out)
+    layout = read_layout(out)
+    assert [(r["key"], r["reason"]) for r in layout["skipped"]] == [("thin", "vq_encode_failed")]
+    assert layout["documents"] == 2 and layout["codebook"] == 256
+    docs = [d for s in _wds_sequences(out) for d in s["json"]["documents"]]
+    assert [d["key"] for d in docs] == ["a", "b"] and docs[0]["grid"] != docs[1]["grid"]

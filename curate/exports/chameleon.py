@@ -14,7 +14,8 @@ curate.exports.packing for the token layout and the packing rule). Written to OU
                          IndexedDatasetBuilder): one Megatron document per packed sequence,
                          one item per document inside it (+ a padding item)
     layout.json          token ids of the layout (image offset, <boi>, <eoi>, eod, pad, vocab
-                         size), Chameleon's vocabulary_map for the image ids, and the settings
+                         size), Chameleon's vocabulary_map for the image ids, the settings,
+                         counts, and the samples skipped (an image the VQ tokenizer rejected)
 
 Sequences of one curated shard are packed together, so the files do not depend on the number
 of workers; the Megatron files are the per-shard parts joined in shard order.
@@ -78,7 +79,8 @@ def token_layout(tokenizer, vq_folder: str) -> packing.TokenLayout:
 
 
 class _TokenizeAndPackShard(beam.DoFn):
-    """Curated shard -> its packed sequences as NNNNN.tar + a Megatron part; yields (tar name, count)."""
+    """Curated shard -> its packed sequences as NNNNN.tar + a Megatron part; yields
+    (tar name, sequences, documents, skipped samples)."""
 
     def __init__(self, s: dict, layout: packing.TokenLayout, out_dir: str):
         self._s, self._layout, self._out_dir = s, layout, out_dir
@@ -90,23 +92,42 @@ class _TokenizeAndPackShard(beam.DoFn):
         self._vq = VQTokenizer.from_pretrained(self._s["vq_model"], self._s["device"], self._s["precision"],
                                                self._s["resolution"])
 
-    def _documents(self, path):
+    def _encode(self, images: list, keys: list[str], skipped: list[dict]) -> list:
+        """Code grids for a batch; when the batch fails, image by image, so one image the
+        processor or encoder rejects is skipped (and recorded) instead of ending the run."""
+        try:
+            return self._vq.encode_images(images, self._s["batch_size"])
+        except (ValueError, RuntimeError):
+            grids = []
+            for image, key in zip(images, keys, strict=True):
+                try:
+                    grids.append(self._vq.encode_images([image])[0])
+                except (ValueError, RuntimeError) as e:
+                    log.warning("chameleon export: %s: VQ encoding failed: %s", key, e)
+                    detail = f"{type(e).__name__}: {e}"[:300]
+                    skipped.append({"key": key, "reason": "vq_encode_failed", "detail": detail})
+                    grids.append(None)
+            return grids
+
+    def _documents(self, path, skipped: list[dict]):
         """(key, token ids, image first, code grid shape) per exportable sample, in shard order.
         Images are held ``batch_size`` at a time, never a whole shard's."""
         samples = exportable(path)
         while batch := [(s, d.image) for s, d in itertools.islice(samples, self._s["batch_size"])]:
             with timed("export_chameleon_vq"):
-                grids = self._vq.encode_images([im for _, im in batch], self._s["batch_size"])
+                grids = self._encode([im for _, im in batch], [s.key for s, _ in batch], skipped)
             with timed("export_chameleon_text"):
                 text_ids = self._text([s.caption for s, _ in batch], add_special_tokens=False)["input_ids"]
             for (sample, _), ids, grid in zip(batch, text_ids, grids, strict=True):
+                if grid is None:
+                    continue
                 first = packing.image_first(sample.key, self._s["image_first_ratio"], self._s["seed"])
                 yield sample.key, packing.build_document(ids, grid, self._layout, first), first, grid.shape
 
     def process(self, path):
         name = shard_name(path)
-        docs, grids = [], {}
-        for key, ids, first, grid in self._documents(path):
+        docs, grids, skipped = [], {}, []
+        for key, ids, first, grid in self._documents(path, skipped):
             docs.append((key, ids, first))
             grids[key] = grid
         with timed("export_chameleon_pack"):
@@ -120,7 +141,7 @@ class _TokenizeAndPackShard(beam.DoFn):
             write_tar(os.path.join(self._out_dir, f"{name}.tar"),
                       [(f"{name}_{i:06d}", packing.sample_members(seq, dtype)) for i, seq in enumerate(sequences)])
             packing.write_indexed(os.path.join(self._out_dir, PARTS, name), sequences, dtype)
-        yield f"{name}.tar", len(sequences)
+        yield f"{name}.tar", len(sequences), len(docs), [{**row, "shard": f"{name}.tar"} for row in skipped]
 
 
 class _JoinMegatronParts(beam.DoFn):
@@ -130,8 +151,9 @@ class _JoinMegatronParts(beam.DoFn):
         self._out_dir, self._layout, self._info = out_dir, layout, info
 
     def process(self, element):
-        _, names = element
-        names = sorted(n[: -len(".tar")] for n in names if n is not None)
+        _, shards = element
+        shards = sorted(x for x in shards if x is not None)
+        names = [name[: -len(".tar")] for name, _, _, _ in shards]
         parts_dir = os.path.join(self._out_dir, PARTS)
         prefix = os.path.join(self._out_dir, MEGATRON_PREFIX)
         dtype = packing.token_dtype(self._layout.vocab_size)
@@ -143,7 +165,9 @@ class _JoinMegatronParts(beam.DoFn):
         if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
             os.rmdir(parts_dir)
         layout = {**self._layout.to_json(), "dtype": str(dtype.__name__), "settings": self._info,
-                  "vocabulary_map": self._layout.vocabulary_map()}
+                  "vocabulary_map": self._layout.vocabulary_map(),
+                  "sequences": sum(n for _, n, _, _ in shards), "documents": sum(d for _, _, d, _ in shards),
+                  "skipped": [row for _, _, _, rows in shards for row in rows]}
         yield write_json(os.path.join(self._out_dir, "layout.json"), layout)
         yield prefix + ".idx"
 
@@ -160,7 +184,8 @@ class ChameleonExport(beam.PTransform):
         s = _settings(cfg)
         for key in ("vq_model", "tokenizer"):
             if not s[key]:
-                raise ConfigError(f"config error: chameleon.{key} must name a local folder (the chameleon format needs it)")
+                raise ConfigError(f"config error: chameleon.{key} must name a local folder "
+                                  "(the chameleon format needs it)")
         try:
             read_codebook_size(s["vq_model"])
         except VQLoadError as e:
@@ -176,9 +201,10 @@ class ChameleonExport(beam.PTransform):
     def expand(self, shards):
         info = {k: v for k, v in self._s.items() if k not in ("device", "batch_size")}
         counts = shards | "TokenizeAndPack" >> beam.ParDo(_TokenizeAndPackShard(self._s, self._layout, self._out_dir))
-        sizes = counts | "SizesJson" >> WriteSizesJson(self._out_dir)
+        sizes = (counts | "TarSizes" >> beam.Map(lambda c: (c[0], c[1]))
+                 | "SizesJson" >> WriteSizesJson(self._out_dir))
         empty = shards.pipeline | "NoShard" >> beam.Create([None])
-        megatron = ((counts | "TarNames" >> beam.Map(lambda kv: kv[0]), empty)
+        megatron = ((counts, empty)
                     | "WithSentinel" >> beam.Flatten()
                     | "All" >> beam.Map(lambda n: (0, n))
                     | "Gather" >> beam.GroupByKey()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class TokenLayout:
 def image_first(key: str, ratio: float, seed: int = 0) -> bool:
     """Seeded per-key choice of order: image first with probability ``ratio``, whatever the
     processing order or worker count (a hash of seed and key, not a running random state)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < ratio
 
 

@@ -86,7 +86,7 @@ def _read_whole_checkpoint_vq(folder: str, family: str, vq_config) -> torch.nn.M
     state = {}
     for path in files:
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 -- safe_open is not a dict; keys() is its listing
                 if name.startswith(_VQ_PREFIX):
                     state[name[len(_VQ_PREFIX):]] = f.get_tensor(name)
     if not state:
@@ -126,7 +126,7 @@ class VQTokenizer:
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", precision: str = "auto",
-                        resolution: int | None = None) -> "VQTokenizer":
+                        resolution: int | None = None) -> VQTokenizer:
         """Load from a local folder (never a hub name: curate runs offline).
 
         device: auto (CUDA when available) | cpu | cuda[:N]. precision: auto (bf16 on CUDA, fp32
