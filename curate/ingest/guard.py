@@ -89,7 +89,7 @@ def address_problem(ip: str, allow_networks: tuple = ()) -> str | None:
     addr = getattr(addr, "ipv4_mapped", None) or addr  # ::ffff:10.0.0.1 is 10.0.0.1
     if any(addr in net for net in allow_networks):
         return None
-    for name in ("loopback", "link_local", "multicast", "private", "reserved", "unspecified"):
+    for name in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(addr, f"is_{name}"):
             return f"{addr} is {name.replace('_', '-')}"
     if not addr.is_global:
