@@ -7,9 +7,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curate import run, synth
+import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
 
-SAMPLES = 600
+from curate import run, synth
+from curate.records import Sample
+from filters import dedup
+from pipelines.dedup import DedupParams, Deduplicate
+
+SAMPLES = 400
 DUP_REASONS = ("exact_duplicate", "duplicate_url_caption", "near_duplicate", "semantic_duplicate")
 
 
@@ -83,12 +90,31 @@ def test_clustered_search_decides_as_the_flat_search_with_one_or_two_workers(sco
     assert sum(r["reason"] == "near_duplicate" for r in one.values()) >= 20
 
 
-def test_url_caption_duplicates(scored, flat, tmp_path):
-    """The synthetic urls are unique: with url_caption off nothing changes; its rows name the kept key."""
-    out, rows = flat
-    select(scored, tmp_path / "off", "dedup.url_caption=false")
-    assert decision_bytes(tmp_path / "off") == decision_bytes(out)
-    assert not any(r["reason"] == "duplicate_url_caption" for r in rows.values())
+def test_steps_chain_exact_url_caption_and_near_groups():
+    """2 repeats 3's bytes (3 scores higher), 1 and 3 are near copies of 4 (highest score): 2 follows
+    3 into 4's group. 6 repeats 5's url + caption up to case and spacing; 7 shares only 5's url."""
+    def s(key, score, emb, sha, url, caption):
+        return Sample(key=key, shard_index=0, shard_path="/in/00000.tar", member_index=int(key), clip_score=score,
+                      sha256=sha, url=url, caption=caption, image_embedding=np.asarray(emb, np.float32))
+    e1, e2, e3 = np.eye(3, dtype=np.float32)
+    near = np.array([0.999, 0.0447, 0], np.float32) / np.linalg.norm([0.999, 0.0447, 0])
+    samples = [s("1", 0.5, near, "A", "http://x.org/1.jpg", "one"),
+               s("2", 0.6, near, "B", "http://x.org/2.jpg", "two"),
+               s("3", 0.7, near, "B", "http://y.org/3.jpg", "three"),
+               s("4", 0.9, e1, "D", "http://z.org/4.jpg", "four"),
+               s("5", 0.9, e2, "E", "http://x.org/5.jpg", "a red star"),
+               s("6", 0.8, e3, "F", "HTTP://X.org:80/5.jpg", "A  Red star "),
+               s("7", 0.8, -e3, "G", "http://x.org/5.jpg", "a blue star")]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(samples) | Deduplicate(DedupParams(url_caption=True))
+        rows = out["decisions"] | beam.Map(lambda r: (r["key"], r["reason"], r["stage"], r["kept_instead"], r["dup_group"]))
+        assert_that(out["kept"] | beam.Map(lambda x: x.key), equal_to(["4", "5", "7"]), label="kept")
+        assert_that(rows, equal_to([("1", "near_duplicate", "near_dedup", "4", "near:4"),
+                                    ("2", "exact_duplicate", "exact_dedup", "4", "near:4"),
+                                    ("3", "near_duplicate", "near_dedup", "4", "near:4"),
+                                    ("6", "duplicate_url_caption", "exact_dedup", "5",
+                                     "url_caption:" + dedup.url_caption_key("http://x.org/5.jpg", "a red star")[:16])]),
+                    label="rows")
 
 
 def test_semdedup_target_fraction(scored, flat, tmp_path):

@@ -1,0 +1,77 @@
+"""Decontamination: evaluation sets as embeddings, embedding folders or images; the drop rule."""
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate import synth
+from curate.models.clip import ScorerSpec
+from filters import decontaminate
+from pipelines.dedup import embed_image_files
+
+
+def unit_rows(n, d=8, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_npy_file_and_nearest_eval_item(tmp_path):
+    e = unit_rows(5)
+    np.save(tmp_path / "eval.npy", e)
+    emb, names = decontaminate.load_eval_set(str(tmp_path / "eval.npy"))
+    assert names == [f"row:{i}" for i in range(5)] and np.allclose(emb, e)
+    best, sim = decontaminate.nearest_eval(e[3], emb)
+    assert best == 3 and sim == 1.0 and decontaminate.is_contaminated(sim, 0.96)
+    far = -e.sum(axis=0) / np.linalg.norm(e.sum(axis=0))
+    assert not decontaminate.is_contaminated(decontaminate.nearest_eval(far, emb)[1], 0.96)
+
+
+def test_clip_retrieval_folder_names_rows_by_key(tmp_path):
+    for part, keys in ((0, ["a", "b"]), (1, ["c"])):
+        os.makedirs(tmp_path / "img_emb", exist_ok=True)
+        os.makedirs(tmp_path / "metadata", exist_ok=True)
+        np.save(tmp_path / "img_emb" / f"img_emb_{part}.npy", unit_rows(len(keys), seed=part).astype(np.float16))
+        pq.write_table(pa.table({"key": keys}), tmp_path / "metadata" / f"metadata_{part}.parquet")
+    emb, names = decontaminate.load_eval_set(str(tmp_path))
+    assert names == ["a", "b", "c"] and emb.shape == (3, 8) and emb.dtype == np.float32
+
+
+def test_image_folder_is_embedded_by_the_scorer(tmp_path):
+    """A copy of an evaluation image (re-encoded, resized) is within the threshold; another picture is not."""
+    rng = np.random.default_rng(0)
+    scenes = [synth.make_scene(rng) for _ in range(3)]
+    imgs = [synth.render(g, (256, 256), rng) for g in scenes]
+    os.makedirs(tmp_path / "eval" / "sub")
+    imgs[0].save(tmp_path / "eval" / "a.png")
+    imgs[1].save(tmp_path / "eval" / "sub" / "b.jpg", quality=90)
+    imgs[0].resize((230, 230)).save(tmp_path / "copy.jpg", quality=70)
+    imgs[2].save(tmp_path / "other.jpg")
+    embed = embed_image_files(ScorerSpec())
+    emb, names = decontaminate.load_eval_set(str(tmp_path / "eval"), embed)
+    assert names == ["a.png", "sub/b.jpg"] and emb.shape[0] == 2
+    copy, other = embed([str(tmp_path / "copy.jpg"), str(tmp_path / "other.jpg")])
+    best, sim = decontaminate.nearest_eval(copy, emb)
+    assert best == 0 and decontaminate.is_contaminated(sim, 0.96), sim
+    assert not decontaminate.is_contaminated(decontaminate.nearest_eval(other, emb)[1], 0.96)
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda p: None, "is neither a .npy file nor a folder"),
+    (lambda p: os.makedirs(p), "holds no img_emb/\\*.npy and no image files"),
+    (lambda p: np.save(p + ".npy", np.zeros(3)), "expected a 2-d array"),
+])
+def test_unreadable_eval_sets_get_one_line(tmp_path, setup, match):
+    path = str(tmp_path / "eval")
+    setup(path)
+    target = path + ".npy" if "2-d" in match else path
+    with pytest.raises(decontaminate.EvalSetError, match=match):
+        decontaminate.load_eval_set(target)
+
+
+def test_image_folder_without_scorer(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    with pytest.raises(decontaminate.EvalSetError, match="needs the scorer"):
+        decontaminate.load_eval_set(str(tmp_path))
