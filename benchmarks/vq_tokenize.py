@@ -2,7 +2,7 @@
 
     python benchmarks/vq_tokenize.py                                   # tiny VQ-VAE, CPU
     python benchmarks/vq_tokenize.py --preset chameleon --batch 1 --warmup 0 --seconds 0  # CPU smoke test
-    python benchmarks/vq_tokenize.py --device cuda --preset chameleon --batch 64 --seconds 60
+    python benchmarks/vq_tokenize.py --device cuda --preset chameleon --batch 64 --seconds 20 --precision fp32,bf16
 
 Presets: ``tiny`` (curate.models.vq.tiny_config, 64 px, 8x8 codes) and ``chameleon``
 (ChameleonVQVAEConfig's real-size defaults: 512 px, 8,192 codes, 32x32 = 1,024 codes per image),
@@ -108,7 +108,8 @@ def main() -> int:
     ap.add_argument("--preset", choices=("tiny", "chameleon"), default="tiny")
     ap.add_argument("--family", choices=vq.FAMILIES, default="chameleon", help="for --preset tiny")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+    ap.add_argument("--precision", default="auto",
+                    help="comma-separated, one row each: auto (fp32) | fp32 | bf16 | fp16")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0, help="time budget per measurement")
     ap.add_argument("--warmup", type=int, default=1, help="untimed batches first")
@@ -120,30 +121,34 @@ def main() -> int:
         print("no CUDA device here; rerun with --device cpu")
         return 1
     config, resolution = preset_config(args.preset, args.family)
+    rows, codes, dev = [], 0, "CPU"
     with tempfile.TemporaryDirectory() as folder:
         vq.save_random(folder, config, resolution=resolution if has_pil() else None)
-        tok = vq.VQTokenizer.from_pretrained(folder, device=args.device, precision=args.precision)
-        if has_pil():
-            tok.processor  # noqa: B018 -- loads the folder's processor before the folder goes
-    params = sum(p.numel() for p in tok.model.parameters()) / 1e6
-    images, secs, codes = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
-    from_images = time_from_images(tok, args.batch, args.seconds)
+        for i, precision in enumerate(args.precision.split(",")):
+            tok = vq.VQTokenizer.from_pretrained(folder, device=args.device, precision=precision)
+            name = str(tok.dtype).replace("torch.", "")
+            params = sum(p.numel() for p in tok.model.parameters()) / 1e6
+            images, secs, codes = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
+            rows.append(f"| VQ encode | {tok.family} {args.preset} ({params:.1f}M params, {tok.codebook_size} codes) "
+                        f"| {resolution}x{resolution} -> {codes} codes | {name} | {args.batch} | {images} images | "
+                        f"{secs:.2f} | {images / secs:,.2f} images/s |")
+            # The processor runs on CPU whatever the device: measured once, with the first precision.
+            from_images = time_from_images(tok, args.batch, args.seconds) if i == 0 else None
+            if from_images:
+                n, s = from_images
+                rows.append(f"| processor + VQ encode | same | 256x256 PIL images | {name} | {args.batch} | "
+                            f"{n} images | {s:.2f} | {n / s:,.2f} images/s |")
+            dev = (torch.cuda.get_device_name(tok.device) if tok.device.type == "cuda"
+                   else f"CPU, {torch.get_num_threads()} threads")
+            del tok
     tokens, psecs = time_packing(codes, min(args.seconds, 5.0))
-    dev = (torch.cuda.get_device_name(tok.device) if tok.device.type == "cuda"
-           else f"CPU, {torch.get_num_threads()} threads")
+    rows.append(f"| documents + packing (next-fit, 4096) | caption + {codes} image codes per document | - | - | - | "
+                f"{tokens:,} tokens | {psecs:.2f} | {tokens / psecs:,.0f} tokens/s |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device: {dev}; load average {load:.2f}; torch {torch.__version__}")
     print("| measure | model | input | precision | batch | count | seconds | rate |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    print(f"| VQ encode | {tok.family} {args.preset} ({params:.1f}M params, {tok.codebook_size} codes) | "
-          f"{resolution}x{resolution} -> {codes} codes | {str(tok.dtype).replace('torch.', '')} | {args.batch} | "
-          f"{images} images | {secs:.2f} | {images / secs:,.2f} images/s |")
-    if from_images:
-        n, s = from_images
-        print(f"| processor + VQ encode | same | 256x256 PIL images | {str(tok.dtype).replace('torch.', '')} | "
-              f"{args.batch} | {n} images | {s:.2f} | {n / s:,.2f} images/s |")
-    print(f"| documents + packing (next-fit, 4096) | caption + {codes} image codes per document | - | - | - | "
-          f"{tokens:,} tokens | {psecs:.2f} | {tokens / psecs:,.0f} tokens/s |")
+    print("\n".join(rows))
     return 0
 
 

@@ -51,7 +51,8 @@ SCHEMA: Schema = {
     "chameleon.seed": Option(int, "seed of the per-key caption-first / image-first choice"),
     "chameleon.batch_size": Option(int, "images per VQ encoder call", min=1),
     "chameleon.device": Option(str, "auto (CUDA when available), cpu, cuda or cuda:N"),
-    "chameleon.precision": Option(str, "VQ encoder precision; auto: bf16 on CUDA, fp32 on CPU",
+    "chameleon.precision": Option(str, "VQ encoder precision; auto = fp32 (TF32 convolutions on CUDA); bf16 is "
+                                            "faster on GPUs, its codebook search may pick other codes at near ties",
                                   choices=("auto", "fp32", "bf16", "fp16")),
     "chameleon.resolution": Option(int, "image side when the VQ folder has no preprocessor_config.json "
                                         "(null: the VQ config's resolution, else 512)", min=8, nullable=True),

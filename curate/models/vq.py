@@ -9,13 +9,13 @@ same path.
 
 Images are preprocessed with the checkpoint's own image processor (preprocessor_config.json)
 when the folder has one, otherwise with the family's processor at the VQ-VAE's resolution.
-Encoding is batched and runs on CUDA when present. Imports stay at torch + transformers +
-numpy (PIL only where images are decoded) so benchmarks/vq_tokenize.py runs on a bare GPU box.
+Encoding is batched and runs on CUDA when present (fp32 by default, bf16 on request). Imports
+stay at torch + transformers + numpy (PIL only where images are processed), so
+benchmarks/vq_tokenize.py runs on a bare GPU machine.
 """
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -129,8 +129,10 @@ class VQTokenizer:
                         resolution: int | None = None) -> VQTokenizer:
         """Load from a local folder (never a hub name: curate runs offline).
 
-        device: auto (CUDA when available) | cpu | cuda[:N]. precision: auto (bf16 on CUDA, fp32
-        on CPU) | fp32 | bf16 | fp16. resolution: the processor's square size when the folder has
+        device: auto (CUDA when available) | cpu | cuda[:N]. precision: auto (= fp32) | fp32 |
+        bf16 | fp16; fp32 on CUDA still runs the convolutions on TF32 tensor cores (cuDNN's default),
+        and the codebook search in half precision can turn near ties into other codes, hence the
+        default. resolution: the processor's square size when the folder has
         no preprocessor_config.json (default: the VQ config's ``resolution``, else 512).
         """
         family, whole = _model_type(folder)
@@ -141,7 +143,7 @@ class VQTokenizer:
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         if precision == "auto":
-            precision = "bf16" if dev.type == "cuda" else "fp32"
+            precision = "fp32"
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         model = model.to(dev, dtype=dtype).eval()
         return cls(model, family, folder, resolution, dev, dtype, codebook_size(model.config),
@@ -205,19 +207,6 @@ class VQTokenizer:
             batch.append(pixels)
         flush()
         return grids
-
-
-def decode_rgb(data: bytes, max_pixels: int = 89478485):
-    """Image bytes -> RGB PIL image; a transparent image is laid on white (Chameleon's processor rule)."""
-    from PIL import Image
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return im.convert("RGB")
 
 
 def tiny_config(family: str, resolution: int = 64, codebook: int = 256):
