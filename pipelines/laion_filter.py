@@ -21,7 +21,7 @@ from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
 from filters import select
 from filters.sample import BasicFilterParams, basic_filter
 from pipelines import dedup as dedup_steps
-from pipelines import export, score
+from pipelines import export, ingest, score
 
 DESCRIPTION = "basic filters, CLIP score selection, exact and near-duplicate removal, curated shards"
 
@@ -55,6 +55,7 @@ SCHEMA: Schema = {
     "exports": Option(list, "family exports of the curated shards, each into OUT/exports/<format> "
                       "(settings: configs/export.yaml)", choices=tuple(export.FORMATS)),
     "exports_config": Option(str, "YAML overriding configs/export.yaml's per-format settings for `exports`", nullable=True),
+    **ingest.INGEST_SCHEMA,  # used when input is a URL table: downloaded into OUT/raw first
 }
 
 scorer_spec = score.scorer_spec

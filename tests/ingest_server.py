@@ -48,6 +48,11 @@ def image_bytes(index: int, size: tuple[int, int] | None = None) -> bytes:
     return synth.encode_jpeg(img, 90)
 
 
+def image_caption(index: int) -> str:
+    """The English caption that describes image_bytes(index)."""
+    return synth.caption(synth.make_scene(synth.sample_rng(99, index)), "en")
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height; its data is a few bytes (a decompression bomb's shape)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -12,7 +12,7 @@ from curate import run
 from curate.ingest import guard, table
 from curate.ingest.shard import status_reason
 from curate.io import iter_tar_samples
-from ingest_server import FAULTS, FaultServer
+from ingest_server import FAULTS, FaultServer, image_caption
 
 FAST = ["--set", "ingest.allow_networks=127.0.0.0/8", "--set", "ingest.timeout=2",
         "--set", "ingest.deadline_seconds=3", "--set", "ingest.image_size=64", "--set", "ingest.thread_count=8",
@@ -187,7 +187,7 @@ def test_tars_hold_the_successes_with_their_columns(faulty_run):
 
 
 def good_rows(server, n, flaky=()):
-    return [{"url": f"{server.base}/{'flaky' if i in flaky else 'img'}/{i}.jpg", "caption": f"scene {i}", "n": i}
+    return [{"url": f"{server.base}/{'flaky' if i in flaky else 'img'}/{i}.jpg", "caption": image_caption(i), "n": i}
             for i in range(n)]
 
 
@@ -250,3 +250,13 @@ def test_laion_filter_takes_a_url_table(server, tmp_path):
     assert c["dropped_by_stage"]["ingest"] == 2
     assert report["config"]["input"] == path and (out / "raw" / "00001.tar").exists()
     assert c["kept"] > 0 and (out / "shards" / "sizes.json").exists()
+
+
+def test_laion_filter_ingests_with_the_ingest_defaults():
+    from curate import config
+    from pipelines import ingest as ingest_pipeline, laion_filter
+
+    mine = config.load("ingest", ingest_pipeline.SCHEMA)
+    theirs = config.load("laion_filter", laion_filter.SCHEMA)
+    assert {k: v for k, v in mine.items() if k.startswith("ingest.")} == {
+        k: v for k, v in theirs.items() if k.startswith("ingest.")}
