@@ -17,7 +17,7 @@ import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from curate import synth
+from curate import run, synth
 from curate.config import ConfigError
 from curate.exports import packing
 from curate.exports.chameleon import SCHEMA, ChameleonExport, read_layout
@@ -58,9 +58,12 @@ def setup(tmp_path_factory):
            "chameleon.batch_size": 5, "chameleon.device": "cpu", "chameleon.precision": "fp32",
            "chameleon.resolution": None}
     assert set(cfg) == set(SCHEMA)
-    out = str(root / "out")
-    _export(shards, cfg, out)
-    return {"root": root, "shards": shards, "cfg": cfg, "out": out}
+    # Through the export pipeline's CLI, as a user runs it.
+    report = run.run(["--pipeline", "export", "--input", str(root / "shards"), "--output", str(root / "export"),
+                      "--set", "formats=[chameleon]"]
+                     + [a for k, v in cfg.items() for a in ("--set", f"{k}={'null' if v is None else v}")])
+    assert report["counts"]["kept"] == len(captions)
+    return {"root": root, "shards": shards, "cfg": cfg, "out": str(root / "export" / "chameleon")}
 
 
 def _wds_sequences(out: str) -> list[dict]:
@@ -137,6 +140,7 @@ def test_megatron_dataset_matches_webdataset(setup):
 
 
 def test_export_is_byte_identical_whatever_the_shard_order(setup, tmp_path):
+    """The transform alone, shards listed in reverse, gives the bytes the CLI run wrote."""
     out2 = str(tmp_path / "again")
     _export(list(reversed(setup["shards"])), setup["cfg"], out2)
     names = sorted(os.listdir(setup["out"]))
