@@ -53,20 +53,30 @@ def preset_config(preset: str, family: str):
 
 
 def time_encode(tok: vq.VQTokenizer, resolution: int, batch: int, seconds: float,
-                warmup: int) -> tuple[int, float, int]:
-    """(images, seconds, codes per image) over as many batches as fit in ``seconds`` (at least one)."""
+                warmup: int) -> tuple[int, float, int, int]:
+    """(images, seconds, codes per image, batch) over as many batches as fit in ``seconds`` (at
+    least one). A batch that runs out of CUDA memory is halved and the measurement restarted."""
     pixels = torch.rand(batch, 3, resolution, resolution) * 2 - 1
     if tok.device.type == "cuda":
         pixels = pixels.pin_memory()
-    for _ in range(warmup):
-        grids = tok.encode_pixels(pixels)
-    images, t0 = 0, time.perf_counter()
-    while True:
-        grids = tok.encode_pixels(pixels)   # returns CPU numpy: includes the device sync
-        images += batch
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return images, elapsed, int(grids[0].size)
+    try:
+        grids = None
+        for _ in range(warmup):
+            grids = tok.encode_pixels(pixels)
+        images, t0 = 0, time.perf_counter()
+        while True:
+            grids = tok.encode_pixels(pixels)   # returns CPU numpy: includes the device sync
+            images += batch
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return images, elapsed, int(grids[0].size), batch
+    except torch.cuda.OutOfMemoryError:
+        if batch == 1:
+            raise
+        del pixels, grids
+        torch.cuda.empty_cache()
+        print(f"batch {batch} ran out of CUDA memory; trying {batch // 2}")
+        return time_encode(tok, resolution, batch // 2, seconds, warmup)
 
 
 def time_from_images(tok: vq.VQTokenizer, batch: int, seconds: float) -> tuple[int, float] | None:
@@ -128,9 +138,9 @@ def main() -> int:
             tok = vq.VQTokenizer.from_pretrained(folder, device=args.device, precision=precision)
             name = str(tok.dtype).replace("torch.", "")
             params = sum(p.numel() for p in tok.model.parameters()) / 1e6
-            images, secs, codes = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
+            images, secs, codes, batch = time_encode(tok, resolution, args.batch, args.seconds, args.warmup)
             rows.append(f"| VQ encode | {tok.family} {args.preset} ({params:.1f}M params, {tok.codebook_size} codes) "
-                        f"| {resolution}x{resolution} -> {codes} codes | {name} | {args.batch} | {images} images | "
+                        f"| {resolution}x{resolution} -> {codes} codes | {name} | {batch} | {images} images | "
                         f"{secs:.2f} | {images / secs:,.2f} images/s |")
             # The processor runs on CPU whatever the device: measured once, with the first precision.
             from_images = time_from_images(tok, args.batch, args.seconds) if i == 0 else None
