@@ -130,6 +130,8 @@ def plan(cfg: dict) -> list[ShardTask]:
                     feather.write_feather(todo, tmp, compression="uncompressed")
                 tasks.append(ShardTask(shard_id, target, path, start, retry=is_finished(raw, shard_id)))
             shard_id += 1
+    if not tasks:
+        os.rmdir(pending)
     return tasks
 
 

@@ -2,7 +2,7 @@
 
 Serves synthetic images (curate.synth scenes) at /img/N.jpg and answers the faults a web crawl
 meets at the other paths (FAULTS: path -> the reason the row must end with). Runs in a thread of
-the test process; ``python tests/ingest_server.py --port P --images N`` runs it alone (benchmark).
+the test process; ``python tests/ingest_server.py --port P`` runs it alone (the ingest benchmark).
 """
 from __future__ import annotations
 
@@ -155,9 +155,11 @@ class FaultServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), Handler)
         self.lock, self.hits, self.flaky = threading.Lock(), {}, True
         self.stopping = threading.Event()
-        self._size, self._cache = image_size, {}
+        self._size, self._cache, self.pool = image_size, {}, 0
 
     def image(self, index: int) -> bytes:
+        if self.pool:  # benchmark: a few distinct images serve any number of URLs
+            index %= self.pool
         if index not in self._cache:
             self._cache[index] = image_bytes(index, self._size)
         return self._cache[index]
@@ -179,12 +181,13 @@ class FaultServer(http.server.ThreadingHTTPServer):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--images", type=int, default=0, help="render this many images before serving")
+    ap.add_argument("--pool", type=int, default=100, help="distinct images: /img/N serves image N mod pool")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     args = ap.parse_args(argv)
     server = FaultServer(args.port, (args.width, args.height))
-    for i in range(args.images):
+    server.pool = args.pool
+    for i in range(args.pool):
         server.image(i)
     print(f"serving on {server.base}", flush=True)
     server.serve_forever()

@@ -1,0 +1,126 @@
+"""Ingest throughput: curate's ingest pipeline against the img2dataset CLI, same URLs, same machine.
+
+    python benchmarks/ingest_throughput.py [--urls 4000] [--processes 2] [--threads 16] [--repeats 2]
+
+Serves 640x480 synthetic JPEGs from a loopback server (tests/ingest_server.py, its own process),
+writes one URL parquet, then runs, alternately and ``--repeats`` times each, the img2dataset CLI
+(``--processes_count P --thread_count T``) and ``curate.run --pipeline ingest`` with P Beam worker
+processes of T download threads, both resizing to 256 (keep_ratio, jpg q95, sha256, EXIF: the CLI's
+defaults). Prints images/s two ways: over the whole command's wall time (start-up included), and over
+the span its shards were being downloaded (first shard start to last shard end, from the
+NNNNN_stats.json both tools write), plus per core. Target: curate >= 0.9x img2dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
+
+
+def shard_span(folder: str) -> tuple[float, int]:
+    stats = [json.load(open(p)) for p in glob.glob(os.path.join(folder, "*_stats.json"))]
+    span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
+    return span, sum(s["successes"] for s in stats)
+
+
+def run_img2dataset(urls: str, out: str, args) -> list[str]:
+    return [os.path.join(BIN, "img2dataset"), "--url_list", urls, "--input_format", "parquet",
+            "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
+            "--output_folder", out, "--processes_count", str(args.processes), "--thread_count", str(args.threads),
+            "--image_size", "256", "--resize_mode", "keep_ratio", "--number_sample_per_shard", str(args.shard),
+            "--timeout", "10"]
+
+
+def run_curate(urls: str, out: str, args) -> list[str]:
+    workers = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.processes}"] \
+        if args.processes > 1 else []
+    return [sys.executable, "-m", "curate.run", "--pipeline", "ingest", "--input", urls, "--output", out,
+            "--set", "ingest.image_size=256", "--set", "ingest.resize_mode=keep_ratio",
+            "--set", "ingest.resize_only_if_bigger=false", "--set", f"ingest.samples_per_shard={args.shard}",
+            "--set", f"ingest.thread_count={args.threads}", "--set", "ingest.allow_networks=127.0.0.0/8",
+            *workers]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--urls", type=int, default=4000)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--shard", type=int, default=1000, help="URLs per shard")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    work = tempfile.mkdtemp(prefix="ingest-bench-")
+    port = free_port()
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": ROOT}
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "ingest_server.py"), "--port", str(port)],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        server.stdout.readline()  # "serving on ..." once the images are rendered
+        urls = os.path.join(work, "urls.parquet")
+        pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.urls)],
+                                 "caption": [f"synthetic scene number {i}" for i in range(args.urls)]}), urls)
+        results = {"img2dataset": [], "curate": []}
+        for rep in range(args.repeats):
+            for tool, command in (("img2dataset", run_img2dataset), ("curate", run_curate)):
+                out = os.path.join(work, f"{tool}-{rep}")
+                before = load()
+                t0 = time.time()
+                p = subprocess.run(command(urls, out, args), capture_output=True, text=True, env=env, cwd=ROOT)
+                wall = time.time() - t0
+                if p.returncode:
+                    print(p.stderr[-3000:], file=sys.stderr)
+                    return 1
+                span, ok = shard_span(os.path.join(out, "raw") if tool == "curate" else out)
+                results[tool].append((wall, span, ok, before, load()))
+                print(f"  {tool:<12} run {rep + 1}: {ok} images, wall {wall:.1f}s, shards {span:.1f}s, "
+                      f"load {before} -> {load()}", flush=True)
+                shutil.rmtree(out)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    cores = min(args.processes, os.cpu_count() or 1)
+    print(f"\n{args.urls} URLs of 640x480 JPEGs from 127.0.0.1, resized to 256 (keep_ratio), "
+          f"{args.processes} processes x {args.threads} threads, {os.cpu_count()} cores; median of {args.repeats}")
+    print(f"| tool | images | wall s | images/s (wall) | shard s | images/s (shards) | per core (shards) | vs img2dataset |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = None
+    for tool in ("img2dataset", "curate"):
+        wall = statistics.median(r[0] for r in results[tool])
+        span = statistics.median(r[1] for r in results[tool])
+        ok = results[tool][0][2]
+        rate = ok / span
+        base = base or rate
+        print(f"| {tool} | {ok} | {wall:.1f} | {ok / wall:.1f} | {span:.1f} | {rate:.1f} | {rate / cores:.1f} | "
+              f"{rate / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
