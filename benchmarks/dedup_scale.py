@@ -124,7 +124,13 @@ def main(argv=None) -> int:
     if args.run:
         print(json.dumps(run_search(args.run)))
         return 0
-    work = args.work or tempfile.mkdtemp(prefix="dedup_scale_")
+    if args.work:
+        return measure(args, args.work)
+    with tempfile.TemporaryDirectory(prefix="dedup_scale_") as work:
+        return measure(args, work)
+
+
+def measure(args, work: str) -> int:
     print(f"load before: {os.getloadavg()[0]:.2f} (1-min average; other processes share the CPUs)")
     rows = []
     for n in args.sizes:

@@ -184,6 +184,14 @@ def assign(x: np.ndarray, centroids: np.ndarray, m: int = 2, border: float = 0.1
     return out
 
 
+def nearest_clusters(emb: np.ndarray, centroids: np.ndarray, m: int = 2, border: float = 0.1) -> list[int]:
+    """``assign`` for one embedding (a Beam element): its nearest centroid, then each of the next
+    ``m - 1`` whose similarity is within ``border`` of the nearest one's."""
+    sims = centroids @ np.asarray(emb, dtype=np.float32)
+    top = np.argsort(-sims, kind="stable")[:m]
+    return [int(c) for c in top if sims[c] >= sims[top[0]] - np.float32(border)]
+
+
 def clustered_pairs(x: np.ndarray, threshold: float, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs above ``threshold`` among rows that share a cluster: exact search within each cluster,
     pairs found in two clusters reported once. The in-memory form of the Beam step."""

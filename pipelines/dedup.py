@@ -183,8 +183,7 @@ class TrainCentroids(beam.PTransform):
 def _clusters(emb, centroids, m: int, border: float) -> list[int]:
     if centroids is None:
         return [0]
-    ids = dedup.assign(np.asarray(emb, np.float32)[None, :], centroids, m, border)[0]
-    return [int(c) for c in ids if c >= 0]
+    return dedup.nearest_clusters(emb, centroids, m, border)
 
 
 # --- near duplicates (pass 2) -----------------------------------------------------------------
@@ -288,8 +287,11 @@ class _ToNearestCluster(beam.DoFn):
 def _cluster_members(element, centroids):
     cluster, entries = element
     entries = sorted(entries, key=lambda e: e[0].order)
-    centroid = None if centroids is None else centroids[cluster]
-    return entries, centroid
+    if centroids is not None:
+        return entries, centroids[cluster]
+    # one cluster (a small corpus): its centroid is the normalised mean, summed in input order
+    mean = np.sum([np.asarray(e[0].image_embedding, np.float32) for e in entries], axis=0)
+    return entries, mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 class _KeptCounts(beam.DoFn):

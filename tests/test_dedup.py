@@ -137,3 +137,11 @@ def test_follow_points_followers_at_the_final_kept_sample():
     (moved,) = dedup.follow([exact], near)
     assert moved.kept is a and moved.group == "near:1" and moved.reason == dedup.EXACT_DUPLICATE
     assert moved.similarity == pytest.approx(float(unit(1, 0.01) @ unit(1, 0)), abs=1e-4)
+
+
+def test_nearest_clusters_agrees_with_batched_assign():
+    x, _ = _clustered(500)
+    centroids = dedup.train_centroids(x, 12)
+    batched = dedup.assign(x, centroids, m=2, border=0.1)
+    one_by_one = [dedup.nearest_clusters(v, centroids, 2, 0.1) for v in x]
+    assert [sorted(c for c in row if c >= 0) for row in batched.tolist()] == [sorted(r) for r in one_by_one]
