@@ -80,7 +80,7 @@ def run_search(path: str) -> dict:
     wall = time.perf_counter() - start
     np.save(path + ".found.npy", np.stack([i, j], axis=1))
     return {"wall_s": wall, "peak_rss_gb": peak_rss_gb(),
-            "clusters": dedup.cluster_count(len(x), 50_000), "found": int(len(i))}
+            "clusters": dedup.cluster_count(len(x), 50_000), "found": len(i)}
 
 
 def truth_and_scores(path: str, seed: int = 1) -> dict:

@@ -144,7 +144,7 @@ def cluster_count(n: int, flat_max: int) -> int:
     With m assignments per embedding, assigning costs n*k dot products and the searches within
     clusters about (m n)^2 / k; k ~ 2 sqrt(n) keeps both near 2 n sqrt(n).
     """
-    return 1 if n <= flat_max else max(2, int(math.ceil(2 * math.sqrt(n))))
+    return 1 if n <= flat_max else max(2, math.ceil(2 * math.sqrt(n)))
 
 
 def training_rank(key: str, order: tuple) -> int:

@@ -26,7 +26,6 @@ from curate.records import NEAR_DEDUP, decision
 from curate.timing import timed
 from filters import decontaminate, dedup, semdedup
 
-
 SCHEMA: Schema = {
     "dedup.url_caption": Option(bool, "drop samples whose normalised (url, caption) pair repeats"),
     "dedup.near_flat_max": Option(int, "up to this many samples, one exact search over all pairs; above, "
@@ -68,7 +67,7 @@ class DedupParams:
     semdedup_seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "DedupParams":
+    def from_config(cls, cfg: dict) -> DedupParams:
         return cls(cfg["dedup.exact"], cfg["dedup.url_caption"], cfg["dedup.near"], cfg["dedup.near_threshold"],
                    cfg["dedup.near_flat_max"], cfg["dedup.near_assignments"], cfg["dedup.near_border"],
                    cfg["dedup.semdedup.enabled"], cfg["dedup.semdedup.eps"], cfg["dedup.semdedup.target_fraction"],
@@ -437,7 +436,7 @@ class Decontaminate(beam.PTransform):
         self._args = (eval_set, threshold, spec)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Decontaminate":
+    def from_config(cls, cfg: dict) -> Decontaminate:
         from pipelines import score
 
         if cfg["decontaminate.eval_set"] is not None and not os.path.exists(cfg["decontaminate.eval_set"]):

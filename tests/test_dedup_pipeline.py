@@ -3,18 +3,17 @@ synthetic corpus (scored once; each run below selects again without the model)."
 import os
 from collections import defaultdict
 
+import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from curate import run, synth
 from curate.records import Sample
 from filters import dedup
-from pipelines.dedup import DedupParams, Deduplicate
+from pipelines.dedup import Deduplicate, DedupParams
 
 SAMPLES = 400
 DUP_REASONS = ("exact_duplicate", "duplicate_url_caption", "near_duplicate", "semantic_duplicate")
