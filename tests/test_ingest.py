@@ -260,3 +260,12 @@ def test_laion_filter_ingests_with_the_ingest_defaults():
     theirs = config.load("laion_filter", laion_filter.SCHEMA)
     assert {k: v for k, v in mine.items() if k.startswith("ingest.")} == {
         k: v for k, v in theirs.items() if k.startswith("ingest.")}
+
+
+def test_rerun_of_a_finished_run_downloads_nothing(server, faulty_run, tmp_path):
+    rows, report, out = faulty_run
+    before, hits = raw_files(out), dict(server.hits)
+    again = ingest(os.path.join(os.path.dirname(out), "urls.jsonl"), out)
+    assert server.hits == hits and raw_files(out) == before
+    assert again["counts"] == report["counts"]
+    assert not [n for n in os.listdir(os.path.join(out, "raw")) if n.startswith(".")]
