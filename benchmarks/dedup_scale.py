@@ -83,11 +83,42 @@ def run_search(path: str) -> dict:
             "clusters": dedup.cluster_count(len(x), 50_000), "found": len(i)}
 
 
+def _block_samples(start: int, path: str, block: int):
+    from curate.records import Sample
+
+    x = np.load(path, mmap_mode="r")
+    for i in range(start, min(start + block, len(x))):
+        yield Sample(key=f"{i:08d}", shard_index=i // block, shard_path=f"{i // block:05d}.tar",
+                     member_index=i % block, clip_score=0.5, sha256=str(i),
+                     image_embedding=np.asarray(x[i], dtype=np.float32))
+
+
+def run_beam(path: str) -> dict:
+    """Child process: the Beam composite itself (near dedup only) on Beam's local FnApiRunner."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipelines.dedup import Deduplicate, DedupParams
+
+    n, block = len(np.load(path, mmap_mode="r")), 10_000
+    start = time.perf_counter()
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        out = (p | beam.Create(list(range(0, n, block))) | beam.Reshuffle()
+               | beam.FlatMap(_block_samples, path, block)
+               | Deduplicate(DedupParams(exact=False, url_caption=False)))
+        (out["decisions"] | beam.Map(lambda r: (int(r["key"]), int(r["kept_instead"])))
+         | beam.combiners.ToList() | beam.Map(lambda rows: np.save(path + ".found.npy", np.array(rows).reshape(-1, 2))))
+    wall = time.perf_counter() - start
+    from filters import dedup
+
+    return {"wall_s": wall, "peak_rss_gb": peak_rss_gb(), "clusters": dedup.cluster_count(n, 50_000), "found": 0}
+
+
 def truth_and_scores(path: str, seed: int = 1) -> dict:
     x = np.load(path, mmap_mode="r")
     n = len(x)
     found = np.load(path + ".found.npy")
-    found_set = set(map(int, found[:, 0] * n + found[:, 1]))
+    found_set = set(map(int, found.min(axis=1) * n + found.max(axis=1)))
     # precision: every found pair re-checked exactly
     sims = np.einsum("ij,ij->i", x[found[:, 0]].astype(np.float32), x[found[:, 1]].astype(np.float32))
     precision = float(np.mean(np.round(sims, 4) >= THRESHOLD)) if len(found) else 1.0
@@ -119,10 +150,17 @@ def main(argv=None) -> int:
     ap.add_argument("--estimate", type=int, nargs="*", default=[10_000_000],
                     help="sizes to estimate from a power-law fit of the measured ones")
     ap.add_argument("--work", default=None, help="folder for the generated embeddings (default: a temp dir)")
+    ap.add_argument("--beam", action="store_true",
+                    help="run the Beam composite (pipelines.dedup.Deduplicate, near dedup only) on Beam's local "
+                         "FnApiRunner instead of its in-memory form; pairs are (dropped, kept) rows")
     ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--run-beam", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
         print(json.dumps(run_search(args.run)))
+        return 0
+    if args.run_beam:
+        print(json.dumps(run_beam(args.run_beam)))
         return 0
     if args.work:
         return measure(args, args.work)
@@ -135,8 +173,11 @@ def measure(args, work: str) -> int:
     rows = []
     for n in args.sizes:
         path = generate(os.path.join(work, f"emb_{n}.npy"), n)
-        res = subprocess.run([sys.executable, __file__, "--run", path], check=True, capture_output=True, text=True)
+        mode = "--run-beam" if args.beam else "--run"
+        res = subprocess.run([sys.executable, __file__, mode, path], check=True, capture_output=True, text=True)
         row = {"n": n, **json.loads(res.stdout.strip().splitlines()[-1]), **truth_and_scores(path)}
+        if args.beam:
+            row["found"] = len(np.load(path + ".found.npy"))
         rows.append(row)
         for suffix in ("", ".pairs.npy", ".found.npy"):
             os.remove(path + suffix)
