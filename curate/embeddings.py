@@ -11,16 +11,15 @@ stage 'read' or 'decode'; a selection run over stored scores carries them over.
 """
 from __future__ import annotations
 
-import glob
-import os
+import io
 import re
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.io import atomic_path
+from curate import fs
+from curate.io import read_parquet, write_bytes, write_parquet
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, DECODE, READ, Sample, stable
 
@@ -37,25 +36,25 @@ def write_part(emb_dir: str, part: int, samples: list[Sample]) -> None:
     samples = sorted(samples, key=lambda s: s.order)
     for sub, prefix, rows in (("img_emb", "img_emb", [s.image_embedding for s in samples]),
                               ("text_emb", "text_emb", [s.text_embedding for s in samples])):
-        os.makedirs(os.path.join(emb_dir, sub), exist_ok=True)
-        with atomic_path(os.path.join(emb_dir, sub, f"{prefix}_{part}.npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.stack(rows).astype(np.float16))
+        fs.makedirs(fs.join(emb_dir, sub))
+        buf = io.BytesIO()
+        np.save(buf, np.stack(rows).astype(np.float16))
+        write_bytes(fs.join(emb_dir, sub, f"{prefix}_{part}.npy"), buf.getvalue())
     table = pa.Table.from_pylist([{
         "key": s.key, "caption": s.caption, "language": s.language, "width": s.width, "height": s.height,
         "sha256": s.sha256, "clip_score": s.clip_score, "image_ext": s.image_ext, "shard_index": s.shard_index,
         "source_shard": s.shard_path, "source_index": s.member_index, "url": s.url} for s in samples], schema=METADATA_SCHEMA)
-    os.makedirs(os.path.join(emb_dir, "metadata"), exist_ok=True)
-    with atomic_path(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")) as tmp:
-        pq.write_table(table, tmp)
+    fs.makedirs(fs.join(emb_dir, "metadata"))
+    write_parquet(fs.join(emb_dir, "metadata", f"metadata_{part}.parquet"), table)
 
 
 def read_part(emb_dir: str, part: int) -> list[Sample]:
-    if not os.path.exists(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")):
+    meta_path = fs.join(emb_dir, "metadata", f"metadata_{part}.parquet")
+    if not fs.exists(meta_path):
         return []  # no sample of this input shard could be scored
-    meta = pq.read_table(os.path.join(emb_dir, "metadata", f"metadata_{part}.parquet")).to_pylist()
-    img = np.load(os.path.join(emb_dir, "img_emb", f"img_emb_{part}.npy")).astype(np.float32)
-    txt = np.load(os.path.join(emb_dir, "text_emb", f"text_emb_{part}.npy")).astype(np.float32)
+    meta = read_parquet(meta_path).to_pylist()
+    img = _load_npy(fs.join(emb_dir, "img_emb", f"img_emb_{part}.npy"))
+    txt = _load_npy(fs.join(emb_dir, "text_emb", f"text_emb_{part}.npy"))
     if not len(meta) == len(img) == len(txt):
         raise ValueError(f"{emb_dir}: part {part} has {len(meta)} metadata rows but {len(img)}/{len(txt)} embeddings")
     return [Sample(key=m["key"], shard_index=m["shard_index"], shard_path=m["source_shard"],
@@ -65,17 +64,21 @@ def read_part(emb_dir: str, part: int) -> list[Sample]:
                    image_embedding=img[i], text_embedding=txt[i]) for i, m in enumerate(meta)]
 
 
+def _load_npy(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(fs.read_bytes(path))).astype(np.float32)
+
+
 def list_parts(run_dir: str) -> list[int]:
     """Input shard indices of a run: those with stored scores or with decisions."""
-    names = glob.glob(os.path.join(run_dir, "embeddings", "metadata", "metadata_*.parquet"))
+    names = fs.glob(fs.join(run_dir, "embeddings", "metadata", "metadata_*.parquet"))
     parts = {int(re.search(r"metadata_(\d+)\.parquet$", n).group(1)) for n in names}
-    parts |= {int(os.path.basename(n)[:-8]) for n in glob.glob(os.path.join(run_dir, "decisions", "[0-9]*.parquet"))}
+    parts |= {int(fs.basename(n)[:-8]) for n in fs.glob(fs.join(run_dir, "decisions", "[0-9]*.parquet"))}
     return sorted(parts)
 
 
 def check_store(run_dir: str) -> None:
     """Raise ValueError with one line if ``run_dir`` holds no stored scores."""
-    if not glob.glob(os.path.join(run_dir, "embeddings", "metadata", "metadata_*.parquet")):
+    if not fs.glob(fs.join(run_dir, "embeddings", "metadata", "metadata_*.parquet")):
         raise ValueError(f"no stored scores in {run_dir!r} (expected embeddings/metadata/metadata_*.parquet "
                          "from a score or laion_filter run)")
 
@@ -109,11 +112,11 @@ class _ReadPart(beam.DoFn):
         self._run_dir = run_dir
 
     def process(self, part):
-        for sample in read_part(os.path.join(self._run_dir, "embeddings"), part):
+        for sample in read_part(fs.join(self._run_dir, "embeddings"), part):
             yield MAIN, sample
-        path = os.path.join(self._run_dir, "decisions", f"{part:05d}.parquet")
-        if os.path.exists(path):
-            for row in pq.read_table(path, schema=DECISION_SCHEMA).to_pylist():
+        path = fs.join(self._run_dir, "decisions", f"{part:05d}.parquet")
+        if fs.exists(path):
+            for row in read_parquet(path, schema=DECISION_SCHEMA).to_pylist():
                 if row["stage"] in (READ, DECODE):  # samples the score run could not score
                     row["_shard_index"] = part
                     yield DECISIONS, row

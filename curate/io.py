@@ -8,7 +8,11 @@ import tarfile
 import uuid
 from typing import Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import webdataset as wds
+
+from curate import fs
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 # Fixed member mtime: same samples -> byte-identical tar, whenever it is written.
@@ -22,9 +26,10 @@ def sample_key(index: int) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temp name beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temp name beside the LOCAL ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A killed run therefore never leaves a truncated file under a final name.
+    A killed run therefore never leaves a truncated file under a final name. For a path that may be
+    remote (gs://, s3://, ...) use ``write_bytes`` / ``write_parquet`` / ``curate.fs.atomic_write``.
     """
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -40,10 +45,28 @@ def dumps_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """``data`` under ``path`` (local or remote), atomically."""
+    with fs.atomic_write(path) as f:
+        f.write(data)
+
+
+def write_parquet(path: str, table: pa.Table) -> None:
+    """``table`` as a parquet file at ``path`` (local or remote), atomically."""
+    with fs.atomic_write(path) as f:
+        pq.write_table(table, f)
+
+
+def read_parquet(path: str, **kwargs) -> pa.Table:
+    """One parquet file (local or remote)."""
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, **kwargs)
+
+
 def write_tar(path: str, members: list[tuple[str, dict]]) -> None:
     """Write ``[(key, {ext: bytes|str|dict})]`` as a WebDataset tar, atomically and reproducibly."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as writer:
+    with fs.atomic_write(path) as f:
+        with wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as writer:
             for key, fields in members:
                 sample = {"__key__": key}
                 for ext, value in fields.items():
@@ -87,7 +110,7 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """
     current_key, fields = None, {}
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not member.isreg():
                     continue

@@ -1,22 +1,19 @@
 """report.json and the closing summary: what was kept, what was dropped and why, and where time went."""
 from __future__ import annotations
 
-import glob
 import json
-import os
 from collections import Counter
 
-import pyarrow.parquet as pq
-
-from curate.io import atomic_path
+from curate import fs
+from curate.io import read_parquet, write_bytes
 
 
 def count_decisions(decisions_dir: str) -> dict:
     """Counts from OUT/decisions/*.parquet; shard-level rows (unreadable tars) are not samples."""
     reasons, stages = Counter(), Counter()
     kept = samples = shard_errors = 0
-    for path in sorted(glob.glob(os.path.join(decisions_dir, "*.parquet"))):
-        table = pq.read_table(path, columns=["source_index", "kept", "reason", "stage"]).to_pydict()
+    for path in fs.glob(fs.join(decisions_dir, "*.parquet")):
+        table = read_parquet(path, columns=["source_index", "kept", "reason", "stage"]).to_pydict()
         for index, k, reason, stage in zip(table["source_index"], table["kept"], table["reason"], table["stage"], strict=True):
             if index < 0:
                 shard_errors += 1
@@ -47,9 +44,7 @@ def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_s
         "runner": runner,
         "config": config,
     }
-    with atomic_path(os.path.join(out_dir, "report.json")) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=False)
+    write_bytes(fs.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False).encode())
     return report
 
 
@@ -65,8 +60,8 @@ def summary(report: dict, out_dir: str, outputs: str | None = None) -> str:
         lines.append(f"  dropped {reason:<24} {n:>8}  {pct(n)}")
     if c["unreadable_shards"]:
         lines.append(f"  unreadable shards: {c['unreadable_shards']} (see decisions, stage 'read')")
-    where = (f"{report['shards']['count']} curated shards in {os.path.join(out_dir, 'shards')}"
-             if report["writes_shards"] else outputs or f"embeddings in {os.path.join(out_dir, 'embeddings')}")
-    lines.append(f"  {where}; decisions in {os.path.join(out_dir, 'decisions')}; "
-                 f"report {os.path.join(out_dir, 'report.json')}")
+    where = (f"{report['shards']['count']} curated shards in {fs.join(out_dir, 'shards')}"
+             if report["writes_shards"] else outputs or f"embeddings in {fs.join(out_dir, 'embeddings')}")
+    lines.append(f"  {where}; decisions in {fs.join(out_dir, 'decisions')}; "
+                 f"report {fs.join(out_dir, 'report.json')}")
     return "\n".join(lines)

@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from curate import config as config_lib
-from curate.io import atomic_path, dumps_json
+from curate import fs
+from curate.io import dumps_json, write_bytes
 from curate.models.clip import ModelLoadError, fetch_weights
 
 log = logging.getLogger("curate")
@@ -90,29 +91,26 @@ def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}") -> bool:
     Never touches anything but this run's own output names.
     """
     try:
-        os.makedirs(out, exist_ok=True)
+        fs.makedirs(out)
     except OSError as e:
-        raise UsageError(f"cannot create output folder {out!r}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
+        raise UsageError(f"cannot create output folder {out!r}: {e.strerror or e}") from None
+    if fs.is_local(out) and not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out!r} is not writable")
-    marker = Path(out, RUN_MARKER)
-    existing = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out, name))]
-    resume = bool(existing) and not overwrite and marker.exists() and marker.read_bytes() == run_id
+    marker = fs.join(out, RUN_MARKER)
+    existing = [name for name in RUN_OUTPUTS if fs.exists(fs.join(out, name))]
+    resume = bool(existing) and not overwrite and fs.exists(marker) and fs.read_bytes(marker) == run_id
     if existing and not (overwrite or resume):
         raise UsageError(f"output folder {out!r} already holds a run with other settings "
                          f"({', '.join(existing)}); pass --overwrite to replace it, or choose another --output")
     if resume:
-        for dirpath, _dirs, files in os.walk(out):
-            for name in files:
-                if TEMP_NAME.match(name):
-                    os.remove(os.path.join(dirpath, name))
+        for path in fs.walk_files(out):
+            if TEMP_NAME.match(fs.basename(path)):
+                fs.remove(path)
     else:
         for name in existing:
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    os.makedirs(os.path.join(out, "decisions"), exist_ok=True)
-    with atomic_path(str(marker)) as tmp:
-        Path(tmp).write_bytes(run_id)
+            fs.remove(fs.join(out, name))
+    fs.makedirs(fs.join(out, "decisions"))
+    write_bytes(marker, run_id)
     return resume
 
 
@@ -120,19 +118,26 @@ def sample_corpus(out: str, cfg: dict) -> str:
     """Generate the built-in corpus inside the output folder (reused when the settings match)."""
     from curate import synth
 
-    corpus = os.path.join(out, "sample_corpus")
+    corpus = fs.join(out, "sample_corpus")
     settings = config_lib.section(cfg, "sample_corpus")
-    marker = os.path.join(corpus, "corpus.json")
-    if os.path.exists(marker) and Path(marker).read_bytes() == dumps_json(settings):
+    marker = fs.join(corpus, "corpus.json")
+    if fs.exists(marker) and fs.read_bytes(marker) == dumps_json(settings):
         log.info("using the built-in sample corpus in %s", corpus)
         return corpus
-    shutil.rmtree(corpus, ignore_errors=True)
+    if fs.exists(corpus):
+        fs.remove(corpus)
     log.info("writing the built-in sample corpus (%d samples, seed %d) to %s",
              settings["samples"], settings["seed"], corpus)
-    synth.generate(corpus, settings["samples"], seed=settings["seed"], noise=settings["noise"],
-                   processes=os.cpu_count() or 1)
-    with atomic_path(marker) as tmp:
-        Path(tmp).write_bytes(dumps_json(settings))
+    generate = dict(samples=settings["samples"], seed=settings["seed"], noise=settings["noise"],
+                    processes=os.cpu_count() or 1)
+    if fs.is_local(corpus):
+        synth.generate(corpus, **generate)
+    else:  # the generator writes local files: make them in a scratch folder, then upload
+        with tempfile.TemporaryDirectory() as scratch:
+            synth.generate(scratch, **generate)
+            for name in sorted(os.listdir(scratch)):
+                write_bytes(fs.join(corpus, name), Path(scratch, name).read_bytes())
+    write_bytes(marker, dumps_json(settings))
     return corpus
 
 
@@ -150,7 +155,9 @@ def _local_worker_log_levels(out: str, options):
         yield
         return
     w = options.view_as(WorkerOptions)
-    path = os.path.join(out, ".worker_options.json")
+    # Beside the outputs when local; a remote output folder is no path a local process can open.
+    path = (os.path.join(out, ".worker_options.json") if fs.is_local(out)
+            else tempfile.mkstemp(prefix="curate-worker-options-", suffix=".json")[1])
     with open(path, "w") as f:
         json.dump({"options": {"default_sdk_harness_log_level": w.default_sdk_harness_log_level,
                                "sdk_harness_log_level_overrides": w.sdk_harness_log_level_overrides}}, f)
@@ -166,6 +173,11 @@ def beam_options(beam_args: list[str]):
     """Beam's options from the remaining flags, with curate's offline-safe, quiet defaults."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
+    if any("DaskRunner" in a for a in beam_args) and not any(
+            a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in beam_args):
+        # Dask puts 128 created elements in one partition by default; curate creates one element per
+        # input shard, and each must be its own task for the workers to share the shards.
+        beam_args = [*beam_args, "--dask_partition_size=1"]
     options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or DEFAULT_RUNNER
@@ -177,10 +189,24 @@ def beam_options(beam_args: list[str]):
     return options
 
 
+def dry_run(module, cfg: dict, options) -> dict:
+    """``--dry_run=True``: build the job and hand it to the runner without running it (DataflowRunner
+    builds and validates the job request, then stops before submitting). Nothing is written."""
+    import apache_beam as beam
+
+    if cfg["input"] is None:
+        raise UsageError("a dry run needs --input: the built-in sample corpus is written only by a real run")
+    pipeline = beam.Pipeline(options=options)
+    module.build(pipeline, cfg)
+    result = pipeline.run()
+    print(f"dry run: {type(pipeline.runner).__name__} built the job; nothing was run or written")
+    return {"dry_run": True, "state": str(result.state), "job": getattr(result, "job", None)}
+
+
 def run(argv=None) -> dict:
     """Validate everything, run the pipeline, write report.json, print the summary."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
     from curate.embeddings import check_store
     from curate.report import count_decisions, summary, write_report
@@ -198,7 +224,7 @@ def run(argv=None) -> dict:
             check_store(reuse)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        cfg["scores"] = os.path.abspath(reuse)
+        cfg["scores"] = fs.abspath(reuse)
     elif hasattr(module, "scorer_spec"):
         fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
@@ -212,11 +238,13 @@ def run(argv=None) -> dict:
             list_input_shards(cfg["input"])
         except ValueError as e:
             raise UsageError(str(e)) from None
-    out = cfg["output"] = os.path.abspath(cfg["output"])
+    out = cfg["output"] = fs.abspath(cfg["output"])
     if cfg["input"] is not None:
-        cfg["input"] = os.path.abspath(cfg["input"])
+        cfg["input"] = fs.abspath(cfg["input"])
     if hasattr(module, "validate"):  # the pipeline's own checks, before any work
         module.validate(cfg)
+    if options.view_as(TestOptions).dry_run:
+        return dry_run(module, cfg, options)
     run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}})
     if prepare_output(out, args.overwrite, run_id):
         log.info("resuming the interrupted run in %s", out)
@@ -234,17 +262,18 @@ def run(argv=None) -> dict:
     with _local_worker_log_levels(out, options):
         result = pipeline.run()
         result.wait_until_finish()
+        if getattr(result, "client", None) is not None:  # Beam's DaskRunner leaves its client open
+            result.client.close()
     wall = time.time() - t0
 
     shards = None
     if getattr(module, "WRITES_SHARDS", False):
-        shard_dir = os.path.join(out, "shards")
-        os.makedirs(shard_dir, exist_ok=True)
-        if not os.path.exists(os.path.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
+        shard_dir = fs.join(out, "shards")
+        fs.makedirs(shard_dir)
+        if not fs.exists(fs.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
             write_sizes(shard_dir, {})
-        with open(os.path.join(shard_dir, "sizes.json")) as f:
-            shards = json.load(f)
-    report = write_report(out, args.pipeline, cfg, count_decisions(os.path.join(out, "decisions")), wall,
+        shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
+    report = write_report(out, args.pipeline, cfg, count_decisions(fs.join(out, "decisions")), wall,
                           stage_seconds(result), shards, options.view_as(StandardOptions).runner)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     return report

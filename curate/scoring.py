@@ -30,7 +30,8 @@ class ClipBatch:
 class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Module]):
     """Loads one open_clip model per worker and encodes ClipBatches.
 
-    Batches arrive already built (see pipelines/score.py), so RunInference passes them one at a time.
+    Batches arrive already built (see pipelines/score.py) and RunInference's own batching is
+    skipped, so each call gets one ClipBatch.
     On a CUDA out-of-memory error a batch is split in half and retried, down to single samples,
     so a batch size that is too large costs time, not samples.
     """
@@ -79,9 +80,6 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
     def get_num_bytes(self, batch: Sequence[ClipBatch]) -> int:
         # The default pickles the whole batch just to measure it.
         return sum(b.images.nbytes + b.tokens.nbytes for b in batch)
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": 1}  # each element is a whole batch
 
     def share_model_across_processes(self) -> bool:
         return False
@@ -153,7 +151,11 @@ class ScoreWithClip(beam.PTransform):
     def expand(self, batches):
         return (
             batches
-            | "Encode" >> RunInference(OpenClipModelHandler(self._spec, self._cpu_threads))
+            # Each element is already a whole batch: wrap it as a one-batch sequence and skip
+            # RunInference's BatchElements, which emits its last batch from finish_bundle, an
+            # output Beam's DaskRunner drops.
+            | "AsPrebatched" >> beam.Map(lambda batch: [batch])
+            | "Encode" >> RunInference(OpenClipModelHandler(self._spec, self._cpu_threads).with_no_batching())
             | "AttachScores" >> beam.ParDo(_AttachScores())
         )
 

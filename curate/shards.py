@@ -6,17 +6,15 @@ of samples per file; each file is written under a temp name and renamed.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
 import time
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.io import TarReadError, atomic_path, is_safe_key, iter_tar_samples, sample_json, write_tar
+from curate import fs
+from curate.io import TarReadError, is_safe_key, iter_tar_samples, sample_json, write_bytes, write_parquet, write_tar
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
 from curate.timing import add_time
@@ -29,22 +27,23 @@ DUPLICATE_KEY = "duplicate_key"
 
 
 def list_input_shards(spec: str) -> list[str]:
-    """A folder, a glob or a single .tar -> sorted tar paths. Raises ValueError if none match."""
-    if os.path.isdir(spec):
-        paths = glob.glob(os.path.join(spec, "*.tar"))
+    """A folder, a glob or a single .tar (local or gs://, s3://, ...) -> sorted tar paths.
+    Raises ValueError if none match."""
+    if fs.isdir(spec):
+        paths = fs.glob(fs.join(spec, "*.tar"))
     else:
-        paths = [p for p in glob.glob(spec) if p.endswith(".tar")] if any(c in spec for c in "*?[") else (
-            [spec] if os.path.isfile(spec) else [])
+        paths = [p for p in fs.glob(spec) if p.endswith(".tar")] if any(c in spec for c in "*?[") else (
+            [spec] if fs.isfile(spec) else [])
     if not paths:
         raise ValueError(f"no .tar shards found at {spec!r}")
-    return sorted(os.path.abspath(p) for p in paths)
+    return sorted(fs.abspath(p) for p in paths)
 
 
 def read_shard(shard_index: int, path: str, total: int):
     """(MAIN, RawSample) per sample of one raw shard, in order; a broken tar ends as one
     (DECISIONS, row) after the samples read before the damage, never as a crash."""
     count, reading = 0, 0.0
-    log.info("reading shard %d/%d %s", shard_index + 1, total, os.path.basename(path))
+    log.info("reading shard %d/%d %s", shard_index + 1, total, fs.basename(path))
     samples = iter_tar_samples(path)
     try:
         while True:
@@ -68,7 +67,7 @@ def read_shard(shard_index: int, path: str, total: int):
     beam.metrics.Metrics.counter("curate", "shards_read").inc()
     beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
     add_time(READ, reading)
-    log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, os.path.basename(path), count)
+    log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, fs.basename(path), count)
 
 
 class _WriteDecisionShard(beam.DoFn):
@@ -80,10 +79,8 @@ class _WriteDecisionShard(beam.DoFn):
         rows = sorted(rows, key=lambda r: (r["source_index"], r["key"]))
         for r in rows:
             r.pop("_shard_index", None)
-        table = pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)
-        path = os.path.join(self._out_dir, f"{shard_index:05d}.parquet")
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+        path = fs.join(self._out_dir, f"{shard_index:05d}.parquet")
+        write_parquet(path, pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
         yield path
 
 
@@ -165,17 +162,16 @@ class WriteShardFn(beam.DoFn):
             meta = sample_json(fields)
             meta.update(key=s.key, caption=s.caption, language=s.language, clip_score=s.clip_score,
                         width=s.width, height=s.height, sha256=s.sha256, source_key=s.key,
-                        source_shard=os.path.basename(s.shard_path))
+                        source_shard=fs.basename(s.shard_path))
             members.append((s.key, {s.image_ext: fields[s.image_ext], "txt": s.caption, "json": meta}))
             rows.append({"key": s.key, "caption": s.caption, "language": s.language,
                          "clip_score": s.clip_score, "width": s.width, "height": s.height,
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
                          "source_shard": s.shard_path, "source_index": s.member_index})
         name = f"{shard_id:05d}"
-        os.makedirs(self._out_dir, exist_ok=True)
-        write_tar(os.path.join(self._out_dir, f"{name}.tar"), members)
-        with atomic_path(os.path.join(self._out_dir, f"{name}.parquet")) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), tmp)
+        fs.makedirs(self._out_dir)
+        write_tar(fs.join(self._out_dir, f"{name}.tar"), members)
+        write_parquet(fs.join(self._out_dir, f"{name}.parquet"), pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
         add_time(WRITE, time.perf_counter() - t0)
         log.info("wrote shard %s.tar: %d samples", name, len(samples))
         yield f"{name}.tar", len(samples)
@@ -194,10 +190,8 @@ class _WriteSizes(beam.DoFn):
 
 def write_sizes(out_dir: str, sizes: dict[str, int]) -> None:
     """sizes.json, as open_clip_train reads it: {"NNNNN.tar": samples}."""
-    os.makedirs(out_dir, exist_ok=True)
-    with atomic_path(os.path.join(out_dir, "sizes.json")) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(dict(sorted(sizes.items())), f, indent=1)
+    fs.makedirs(out_dir)
+    write_bytes(fs.join(out_dir, "sizes.json"), json.dumps(dict(sorted(sizes.items())), indent=1).encode())
 
 
 class WriteCuratedShards(beam.PTransform):
