@@ -2,7 +2,11 @@
 through fsspec, and a Dataflow job built offline (issue: the same pipelines on other runners)."""
 import glob
 import os
+import socket
+import subprocess
+import sys
 import tarfile
+import time
 
 import fsspec
 import pyarrow.parquet as pq
@@ -145,3 +149,48 @@ def test_package_builds_for_dataflow_workers(tmp_path):
     for needed in ("curate/run.py", "curate/fs.py", "pipelines/laion_filter.py", "filters/dedup.py",
                    "configs/laion_filter.yaml", "curate/models/demo_scorer.pt", "curate/models/curate-demo-64.json"):
         assert needed in names, needed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_portable_job_endpoint_equals_direct_run(corpus, direct, tmp_path):
+    """PortableRunner against a job service on 127.0.0.1: the same Job API that a Flink or Spark job
+    server exposes (--job_endpoint), here served by Beam's own local job service."""
+    direct_out, direct_report = direct
+    port = free_port()
+    service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        report = laion_filter(corpus, str(tmp_path), "--runner=PortableRunner", f"--job_endpoint=127.0.0.1:{port}",
+                              "--environment_type=LOOPBACK")
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    assert report["runner"] == "PortableRunner" and report["counts"] == direct_report["counts"]
+    assert output_bytes(str(tmp_path)) == output_bytes(direct_out)
+
+
+def test_runner_options_pass_through_unchanged():
+    """Flags the CLI does not know are Beam's: Spark's and Flink's reach their option views as given."""
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, SparkRunnerOptions
+
+    _, beam_args = run.parse_args(["--pipeline", "laion_filter", "--runner=FlinkRunner",
+                                   "--flink_master=flink-jm:8081", "--flink_job_server_jar=/jars/flink-js.jar",
+                                   "--spark_master_url=spark://sm:7077", "--environment_type=DOCKER",
+                                   "--parallelism=64"])
+    options = run.beam_options(beam_args)
+    flink = options.view_as(FlinkRunnerOptions)
+    assert (flink.flink_master, flink.flink_job_server_jar, flink.parallelism) == (
+        "flink-jm:8081", "/jars/flink-js.jar", 64)
+    assert options.view_as(SparkRunnerOptions).spark_master_url == "spark://sm:7077"
+    assert options.view_as(PortableOptions).environment_type == "DOCKER"
