@@ -8,10 +8,9 @@ decisions table.
 """
 from __future__ import annotations
 
-import os
-
 import apache_beam as beam
 
+from curate import fs
 from curate.config import Option, Schema, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings
 from curate.outputs import DECISIONS, MAIN, done, split
@@ -148,7 +147,7 @@ class LaionFilter(beam.PTransform):
         else:
             scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(cfg, self._paths, self._cpu_threads)
             if cfg["save_embeddings"]:
-                writes.append(scored.samples | "SaveEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings")))
+                writes.append(scored.samples | "SaveEmbeddings" >> WriteEmbeddings(fs.join(out, "embeddings")))
         filtered = split(scored.samples | "BasicFilters" >> beam.ParDo(
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
@@ -156,12 +155,12 @@ class LaionFilter(beam.PTransform):
         decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
         deduped = decontaminated.clean | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
-            os.path.join(out, "shards"), cfg["shards.samples_per_shard"])
+            fs.join(out, "shards"), cfg["shards.samples_per_shard"])
         all_decisions = [scored.decisions, filtered.decisions, selected.decisions, decontaminated.decisions,
                          deduped["decisions"],
                          written["decisions"]]
         writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
-                      | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+                      | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
         writes.append(written["sizes"])
         if cfg.get("exports_settings"):  # after every write above: the exports read shards and decisions
             writes.append(writes | "AllCuratedWrites" >> beam.Flatten()

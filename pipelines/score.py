@@ -5,11 +5,11 @@ re-selects with any thresholds without loading the model again.
 """
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import apache_beam as beam
 
+from curate import fs
 from curate.config import Option, Schema, section
 from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
@@ -107,10 +107,10 @@ class Score(beam.PTransform):
     def expand(self, pbegin):
         out = self._cfg["output"]
         scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads)
-        embeddings = scored.samples | "WriteEmbeddings" >> WriteEmbeddings(os.path.join(out, "embeddings"))
+        embeddings = scored.samples | "WriteEmbeddings" >> WriteEmbeddings(fs.join(out, "embeddings"))
         rows = scored.samples | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
         decisions = ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
-                     | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+                     | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
         return done((embeddings, decisions))
 
 
