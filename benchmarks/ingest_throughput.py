@@ -43,8 +43,10 @@ def load() -> str:
 
 def shard_span(folder: str) -> tuple[float, int]:
     stats = [json.load(open(p)) for p in glob.glob(os.path.join(folder, "*_stats.json"))]
-    span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
-    return span, sum(s["successes"] for s in stats)
+    t0 = min(s["start_time"] for s in stats)
+    span = max(s["end_time"] for s in stats) - t0
+    shards = " ".join(f"{s['start_time'] - t0:.1f}-{s['end_time'] - t0:.1f}" for s in sorted(stats, key=lambda s: s["start_time"]))
+    return span, sum(s["successes"] for s in stats), shards
 
 
 def run_img2dataset(urls: str, out: str, args) -> list[str]:
@@ -95,10 +97,10 @@ def main(argv=None) -> int:
                 if p.returncode:
                     print(p.stderr[-3000:], file=sys.stderr)
                     return 1
-                span, ok = shard_span(os.path.join(out, "raw") if tool == "curate" else out)
+                span, ok, shards = shard_span(os.path.join(out, "raw") if tool == "curate" else out)
                 results[tool].append((wall, span, ok, before, load()))
                 print(f"  {tool:<12} run {rep + 1}: {ok} images, wall {wall:.1f}s, shards {span:.1f}s, "
-                      f"load {before} -> {load()}", flush=True)
+                      f"load {before} -> {load()}; shards (s from first start): {shards}", flush=True)
                 shutil.rmtree(out)
     finally:
         server.terminate()

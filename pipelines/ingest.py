@@ -162,6 +162,12 @@ class DownloadShardFn(beam.DoFn):
     def __init__(self, s: Settings, out: str, successes: bool):
         self._s, self._out, self._successes = s, out, successes
 
+    def setup(self):
+        # img2dataset takes seconds to import: once per worker, before its first shard, not in the CLI.
+        from curate.ingest.download import download_shard
+
+        self._download_shard = download_shard
+
     def process(self, task: ShardTask):
         decisions = os.path.join(self._out, "decisions", f"{INGEST}-{shard_name(task.shard_id)}.parquet")
 
@@ -171,9 +177,7 @@ class DownloadShardFn(beam.DoFn):
                 pq.write_table(pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
                                                     schema=DECISION_SCHEMA), tmp)
 
-        from curate.ingest.download import download_shard  # img2dataset: imported by workers only
-
-        rows = download_shard(task, self._s, os.path.join(self._out, RAW), on_rows=write_decisions)
+        rows = self._download_shard(task, self._s, os.path.join(self._out, RAW), on_rows=write_decisions)
         with contextlib.suppress(OSError):  # the last shard done leaves no empty .pending behind
             os.rmdir(os.path.dirname(task.rows_path))
         ok = sum(r is None for r in rows.column("reason").to_pylist())

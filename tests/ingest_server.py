@@ -38,6 +38,7 @@ FAULTS = {
     "/loop": "redirect_error",                 # redirects to itself
 }
 SLOW_SECONDS = 4.0
+SLOW_IMAGE_SECONDS = 0.2
 
 
 def image_bytes(index: int, size: tuple[int, int] | None = None) -> bytes:
@@ -90,6 +91,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if path.startswith("/img/"):
                 index = int(path[len("/img/"):].split(".")[0])
                 self._send(200, srv.image(index))
+            elif path.startswith("/img-slow/"):  # an image after SLOW_IMAGE_SECONDS: keeps a shard in progress
+                time.sleep(SLOW_IMAGE_SECONDS)
+                self._send(200, srv.image(int(path[len("/img-slow/"):].split(".")[0])))
             elif path.startswith("/flaky/"):  # 503 while the server's flaky switch is on
                 index = int(path[len("/flaky/"):].split(".")[0])
                 if srv.flaky:

@@ -269,3 +269,32 @@ def test_rerun_of_a_finished_run_downloads_nothing(server, faulty_run, tmp_path)
     assert server.hits == hits and raw_files(out) == before
     assert again["counts"] == report["counts"]
     assert not [n for n in os.listdir(os.path.join(out, "raw")) if n.startswith(".")]
+
+
+def test_killed_run_leaves_no_truncated_shard_and_resumes_to_the_same_bytes(server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [{"url": f"{server.base}/img-slow/{i}.jpg", "caption": image_caption(i), "n": i} for i in range(30)]
+    path = write_jsonl(tmp_path / "urls.jsonl", rows)
+    slow = [*FAST, "--set", "ingest.thread_count=2"]
+    ingest(path, tmp_path / "reference", "--set", "ingest.thread_count=2")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "curate.run", "--pipeline", "ingest", "--input", path,
+                             "--output", str(out), *slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill while a shard is being written (its work folder holds a growing tar).
+    while proc.poll() is None and time.time() < deadline and not (
+            (out / "raw").is_dir() and any(p.name.endswith(".tar") for p in (out / "raw").glob(".*.tmp-*/*"))):
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    for tar in (out / "raw").glob("*.tar"):  # whatever has a final name is complete
+        assert len(list(iter_tar_samples(str(tar)))) == 10
+    report = ingest(path, out, "--set", "ingest.thread_count=2")
+    assert report["counts"]["kept"] == 30
+    assert raw_files(out) == raw_files(tmp_path / "reference")
+    assert not [n for n in os.listdir(out / "raw") if n.startswith(".")]

@@ -175,11 +175,25 @@ def _merge(raw_dir: str, name: str, retry_tar: str, retried: pa.Table) -> pa.Tab
     retried = retried.select(old.schema.names).cast(old.schema)
     keep = pc.invert(pc.is_in(old.column("key"), value_set=retried.column("key")))
     rows = pa.concat_tables([old.filter(keep), retried]).sort_by("key")
-    members = dict(iter_tar_samples(os.path.join(raw_dir, f"{name}.tar")))
-    members.update(iter_tar_samples(retry_tar))
-    write_tar(retry_tar + ".merged", [(k, members[k]) for k in sorted(members)])
+    write_tar(retry_tar + ".merged", _merge_sorted(os.path.join(raw_dir, f"{name}.tar"), retry_tar))
     os.replace(retry_tar + ".merged", retry_tar)
     return rows
+
+
+def _merge_sorted(old_tar: str, new_tar: str):
+    """Two tars in key order -> one stream of samples in key order, the new one's on equal keys
+    (streamed: a shard's images are never all in memory)."""
+    old, new = iter_tar_samples(old_tar), iter_tar_samples(new_tar)
+    a, b = next(old, None), next(new, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            yield a
+            a = next(old, None)
+            continue
+        if a is not None and a[0] == b[0]:
+            a = next(old, None)
+        yield b
+        b = next(new, None)
 
 
 def _publish(raw_dir: str, name: str, tar: str, parquet: str | None, rows: pa.Table, stats: dict) -> None:
