@@ -41,8 +41,11 @@ def load() -> str:
     return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
-def shard_span(folder: str) -> tuple[float, int]:
-    stats = [json.load(open(p)) for p in glob.glob(os.path.join(folder, "*_stats.json"))]
+def shard_span(folder: str) -> tuple[float, int, str]:
+    stats = []
+    for path in glob.glob(os.path.join(folder, "*_stats.json")):
+        with open(path) as f:
+            stats.append(json.load(f))
     t0 = min(s["start_time"] for s in stats)
     span = max(s["end_time"] for s in stats) - t0
     shards = " ".join(f"{s['start_time'] - t0:.1f}-{s['end_time'] - t0:.1f}" for s in sorted(stats, key=lambda s: s["start_time"]))
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
                 out = os.path.join(work, f"{tool}-{rep}")
                 before = load()
                 t0 = time.time()
-                p = subprocess.run(command(urls, out, args), capture_output=True, text=True, env=env, cwd=ROOT)
+                p = subprocess.run(command(urls, out, args), capture_output=True, text=True, env=env, cwd=ROOT, check=False)
                 wall = time.time() - t0
                 if p.returncode:
                     print(p.stderr[-3000:], file=sys.stderr)
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
     cores = min(args.processes, os.cpu_count() or 1)
     print(f"\n{args.urls} URLs of 640x480 JPEGs from 127.0.0.1, resized to 256 (keep_ratio), "
           f"{args.processes} processes x {args.threads} threads, {os.cpu_count()} cores; median of {args.repeats}")
-    print(f"| tool | images | wall s | images/s (wall) | shard s | images/s (shards) | per core (shards) | vs img2dataset |")
+    print("| tool | images | wall s | images/s (wall) | shard s | images/s (shards) | per core (shards) | vs img2dataset |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for tool in ("img2dataset", "curate"):

@@ -13,8 +13,8 @@ import shutil
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
+from pyarrow import feather
 
 from curate.config import Option, Schema
 from curate.ingest import guard, table

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from ingest_server import FAULTS, FaultServer, image_caption
 
 from curate import run
 from curate.ingest import guard, table
 from curate.ingest.shard import status_reason
 from curate.io import iter_tar_samples
-from ingest_server import FAULTS, FaultServer, image_caption
 
 FAST = ["--set", "ingest.allow_networks=127.0.0.0/8", "--set", "ingest.timeout=2",
         "--set", "ingest.deadline_seconds=3", "--set", "ingest.image_size=64", "--set", "ingest.thread_count=8",
@@ -21,8 +21,7 @@ FAST = ["--set", "ingest.allow_networks=127.0.0.0/8", "--set", "ingest.timeout=2
 
 def write_jsonl(path, rows):
     with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(path)
 
 
@@ -145,7 +144,7 @@ def faulty_run(server, tmp_path_factory):
 
 
 def test_every_fault_ends_as_its_reason(faulty_run):
-    rows, _report, out = faulty_run
+    _rows, _report, out = faulty_run
     got = {r["url"]: r for r in raw_rows(out)}
     for path, reason in FAULTS.items():
         row = next(r for u, r in got.items() if u and u.endswith(path) and "/img/" not in u)
@@ -169,7 +168,7 @@ def test_one_status_row_per_input_row_and_counts_add_up(faulty_run):
 
 
 def test_tars_hold_the_successes_with_their_columns(faulty_run):
-    rows, _report, out = faulty_run
+    _rows, _report, out = faulty_run
     by_key = {r["key"]: r for r in raw_rows(out)}
     members = {}
     for name in sorted(os.listdir(os.path.join(out, "raw"))):
@@ -254,7 +253,8 @@ def test_laion_filter_takes_a_url_table(server, tmp_path):
 
 def test_laion_filter_ingests_with_the_ingest_defaults():
     from curate import config
-    from pipelines import ingest as ingest_pipeline, laion_filter
+    from pipelines import ingest as ingest_pipeline
+    from pipelines import laion_filter
 
     mine = config.load("ingest", ingest_pipeline.SCHEMA)
     theirs = config.load("laion_filter", laion_filter.SCHEMA)
@@ -263,7 +263,7 @@ def test_laion_filter_ingests_with_the_ingest_defaults():
 
 
 def test_rerun_of_a_finished_run_downloads_nothing(server, faulty_run, tmp_path):
-    rows, report, out = faulty_run
+    _rows, report, out = faulty_run
     before, hits = raw_files(out), dict(server.hits)
     again = ingest(os.path.join(os.path.dirname(out), "urls.jsonl"), out)
     assert server.hits == hits and raw_files(out) == before

@@ -4,6 +4,7 @@ img2dataset writes straight to final names, in completion order, with the wall c
 Here its Downloader writes into a temp folder beside the shard through a writer that orders samples
 by key with a fixed mtime (so a rerun gives the same bytes), and the files are renamed into place
 only once complete, the ``_stats.json`` last: a shard is finished exactly when its stats file exists.
+(curate/ingest/__init__.py, which runs before this module, turns off albumentations' update check.)
 """
 from __future__ import annotations
 
@@ -19,19 +20,25 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image
-
-import curate.ingest  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before img2dataset imports albumentations
-from curate.ingest import guard
-from curate.ingest.shard import (DECOMPRESSION_BOMB, OOM_SHARD_COUNT, SUCCESS, Settings, ShardTask, shard_name,
-                                 status_reason)
-from curate.io import TAR_MTIME, atomic_path, iter_tar_samples, write_tar
 from img2dataset.downloader import Downloader
 from img2dataset.resizer import Resizer
 from img2dataset.writer import BufferedParquetWriter, WebDatasetSampleWriter
+from PIL import Image
+from pyarrow import feather
+
+from curate.ingest import guard
+from curate.ingest.shard import (
+    DECOMPRESSION_BOMB,
+    OOM_SHARD_COUNT,
+    SUCCESS,
+    Settings,
+    ShardTask,
+    shard_name,
+    status_reason,
+)
+from curate.io import TAR_MTIME, atomic_path, iter_tar_samples, write_tar
 
 
 class PixelLimit:
@@ -71,7 +78,7 @@ class OrderedShardWriter(WebDatasetSampleWriter):
         # Same file, nothing written yet by the writer it replaces; only the mtime differs.
         self.tarwriter = wds.TarWriter(self.tar_fd, mtime=TAR_MTIME)
         self._key_map = key_map or {}
-        self._spill = tempfile.TemporaryFile(dir=output_folder)
+        self._spill = tempfile.TemporaryFile(dir=output_folder)  # noqa: SIM115 - closed in close(), as img2dataset's writers
         self._rows = []
 
     def write(self, img_str, key, caption, meta):
@@ -208,6 +215,5 @@ def _publish(raw_dir: str, name: str, tar: str, parquet: str | None, rows: pa.Ta
             writer.close()
     else:
         os.replace(parquet, final + ".parquet")
-    with atomic_path(final + "_stats.json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=4)
+    with atomic_path(final + "_stats.json") as tmp, open(tmp, "w") as f:
+        json.dump(stats, f, indent=4)

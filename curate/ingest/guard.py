@@ -20,7 +20,6 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-
 # Reasons recorded in the shard parquet (``reason`` column, and the prefix of ``error_message``).
 REFUSED_SCHEME = "refused_scheme"
 REFUSED_ADDRESS = "refused_private_address"
@@ -190,7 +189,9 @@ def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = No
     scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise Refused(REFUSED_SCHEME, f"{scheme or 'no'} scheme: {url[:200]}")
-    from img2dataset.downloader import is_disallowed  # imported here: img2dataset takes seconds to import
+    from img2dataset.downloader import (
+        is_disallowed,  # imported here: img2dataset takes seconds to import
+    )
 
     request = urllib.request.Request(url.strip(), headers={"User-Agent": user_agent(user_agent_token)})
     start = time.monotonic()
