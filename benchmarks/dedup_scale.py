@@ -61,6 +61,15 @@ def generate(path: str, n: int, seed: int = 0) -> str:
     return path
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process: a figure that other load on the machine
+    inflates less than wall time."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_gb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
     across fork + exec, so a child would report the generator's peak."""
@@ -79,7 +88,7 @@ def run_search(path: str) -> dict:
     i, j, _s = dedup.near_pairs(x, THRESHOLD, ranks)
     wall = time.perf_counter() - start
     np.save(path + ".found.npy", np.stack([i, j], axis=1))
-    return {"wall_s": wall, "peak_rss_gb": peak_rss_gb(),
+    return {"wall_s": wall, "cpu_s": cpu_s(), "peak_rss_gb": peak_rss_gb(),
             "clusters": dedup.cluster_count(len(x), 50_000), "found": len(i)}
 
 
@@ -111,7 +120,7 @@ def run_beam(path: str) -> dict:
     wall = time.perf_counter() - start
     from filters import dedup
 
-    return {"wall_s": wall, "peak_rss_gb": peak_rss_gb(), "clusters": dedup.cluster_count(n, 50_000), "found": 0}
+    return {"wall_s": wall, "cpu_s": cpu_s(), "peak_rss_gb": peak_rss_gb(), "clusters": dedup.cluster_count(n, 50_000), "found": 0}
 
 
 def truth_and_scores(path: str, seed: int = 1) -> dict:
@@ -184,17 +193,17 @@ def measure(args, work: str) -> int:
         print(json.dumps(row), flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
     print()
-    print("| rows | clusters | wall s | peak RSS GB | pairs found | precision | recall planted (pairs) | recall random queries (pairs) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| rows | clusters | wall s | CPU s | peak RSS GB | pairs found | precision | recall planted (pairs) | recall random queries (pairs) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['clusters']:,} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['found']:,} | "
+        print(f"| {r['n']:,} | {r['clusters']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['found']:,} | "
               f"{r['precision']:.4f} | {r['recall_planted']:.4f} ({r['planted_pairs']:,}) | "
               f"{r['recall_queries']:.4f} ({r['query_pairs']:,}) |")
     if len(rows) >= 2 and args.estimate:
         b, a = np.polyfit(np.log([r["n"] for r in rows]), np.log([r["wall_s"] for r in rows]), 1)
         for n in args.estimate:
             print(f"| {n:,} (estimated: wall ~ n^{b:.2f} fit of the rows above) | {2 * int(np.sqrt(n)):,} | "
-                  f"{np.exp(a) * n ** b:.0f} | - | - | - | - | - |")
+                  f"{np.exp(a) * n ** b:.0f} | - | - | - | - | - | - |")
     return 0
 
 
