@@ -21,7 +21,6 @@ from pathlib import Path
 from curate import config as config_lib
 from curate import fs
 from curate.io import dumps_json, write_bytes
-from curate.models.clip import ModelLoadError, fetch_weights
 
 log = logging.getLogger("curate")
 
@@ -227,6 +226,8 @@ def run(argv=None) -> dict:
             raise UsageError(str(e)) from None
         cfg["scores"] = fs.abspath(reuse)
     elif hasattr(module, "scorer_spec"):
+        from curate.models.clip import fetch_weights  # torch + open_clip: only for pipelines that score
+
         fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
     if ingest.reads_table(module, cfg["input"]) and not reuse:
@@ -289,7 +290,14 @@ def main(argv=None) -> int:
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
         run(argv)
-    except (UsageError, config_lib.ConfigError, ModelLoadError) as e:
+    except (UsageError, config_lib.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        # The model loader is imported only by pipelines that score (it pulls in torch + open_clip).
+        clip = sys.modules.get("curate.models.clip")
+        if clip is None or not isinstance(e, clip.ModelLoadError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
