@@ -63,8 +63,10 @@ def exported(tmp_path_factory):
                       "--set", "shards.samples_per_shard=64", "--set", f"exports=[{', '.join(FORMATS)}]",
                       "--set", f"exports_config={settings}"])
     alone = str(root / "alone")
+    # Two worker processes here, one inside laion_filter: the outputs must not depend on it.
     alone_report = run.run(["--pipeline", "export", "--input", os.path.join(out, "shards"), "--output", alone,
-                            "--config", str(settings), "--set", f"formats=[{', '.join(FORMATS)}]"])
+                            "--config", str(settings), "--set", f"formats=[{', '.join(FORMATS)}]",
+                            "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     return out, report, alone, alone_report
 
 

@@ -298,3 +298,12 @@ def test_killed_run_leaves_no_truncated_shard_and_resumes_to_the_same_bytes(serv
     assert report["counts"]["kept"] == 30
     assert raw_files(out) == raw_files(tmp_path / "reference")
     assert not [n for n in os.listdir(out / "raw") if n.startswith(".")]
+
+
+def test_two_worker_processes_write_the_same_shards_and_decisions(server, tmp_path):
+    path = write_jsonl(tmp_path / "urls.jsonl", good_rows(server, 25))
+    ingest(path, tmp_path / "one")
+    ingest(path, tmp_path / "two", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert raw_files(tmp_path / "one") == raw_files(tmp_path / "two")
+    decisions = lambda out: {p.name: p.read_bytes() for p in sorted((out / "decisions").iterdir())}  # noqa: E731
+    assert decisions(tmp_path / "one") == decisions(tmp_path / "two")
