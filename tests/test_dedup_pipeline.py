@@ -37,7 +37,7 @@ def select(scored, out, *sets, workers=1):
     extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
     args = ["--pipeline", "laion_filter", "--output", str(out), "--set", f"scores={scored}"]
     for s in sets:
-        args += ["--set", s]
+        args += [s] if s.startswith("--") else ["--set", s]
     run.run(args + extra)
     return {r["key"]: r for r in pq.read_table(os.path.join(str(out), "decisions")).to_pylist()}
 
@@ -79,13 +79,12 @@ def test_planted_copies_are_found_and_groups_keep_one(flat, corpus):
     assert sum(near) / len(near) >= 0.9, {k: (sum(v), len(v)) for k, v in found.items()}
 
 
-def test_clustered_search_decides_as_the_flat_search_with_one_or_two_workers(scored, flat, tmp_path):
-    """near_flat_max=20 forces k-means clusters (about 2 sqrt(n) of them) and the border assignment."""
+def test_clustered_search_decides_as_the_flat_search(scored, flat, tmp_path):
+    """near_flat_max=20 forces k-means clusters (about 2 sqrt(n) of them) and the border assignment.
+    (Two worker processes: see the Dask test below.)"""
     out, _ = flat
     one = select(scored, tmp_path / "one", "dedup.near_flat_max=20")
     assert decision_bytes(tmp_path / "one") == decision_bytes(out)
-    select(scored, tmp_path / "two", "dedup.near_flat_max=20", workers=2)
-    assert decision_bytes(tmp_path / "two") == decision_bytes(out)
     assert sum(r["reason"] == "near_duplicate" for r in one.values()) >= 20
 
 
@@ -147,3 +146,16 @@ def test_decontamination_drops_copies_of_eval_images(scored, flat, tmp_path):
 def test_missing_eval_set_is_one_clear_error(scored, tmp_path):
     with pytest.raises(Exception, match="decontaminate.eval_set '/nonexistent/eval' does not exist"):
         select(scored, tmp_path / "x", "decontaminate.eval_set=/nonexistent/eval")
+
+
+def test_clustered_dedup_and_semdedup_on_a_dask_cluster(scored, tmp_path):
+    """The two-pass steps (side inputs, joins by GroupByKey) on Beam's DaskRunner with two worker
+    processes decide as one process does: results do not depend on the runner or worker count."""
+    distributed = pytest.importorskip("distributed")
+    sets = ("dedup.near_flat_max=20", "dedup.semdedup.enabled=true", "dedup.semdedup.target_fraction=0.8")
+    select(scored, tmp_path / "direct", *sets)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        select(scored, tmp_path / "dask", *sets, "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+               f"--dask_client_address={cluster.scheduler_address}")
+    assert decision_bytes(tmp_path / "dask") == decision_bytes(tmp_path / "direct")
