@@ -48,6 +48,12 @@ def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def dirname(path: str) -> str:
+    if is_local(path):
+        return os.path.dirname(local_path(path))
+    return path.rstrip("/").rsplit("/", 1)[0]
+
+
 def abspath(path: str) -> str:
     """Absolute local path; URLs unchanged."""
     return os.path.abspath(local_path(path)) if is_local(path) else path

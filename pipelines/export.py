@@ -9,10 +9,10 @@ curate/exports/<format>.py taking curated shard paths and returning its writes; 
 from __future__ import annotations
 
 import importlib
-import os
 
 import apache_beam as beam
 
+from curate import fs
 from curate import config as config_lib
 from curate.config import ConfigError, Option, Schema
 from curate.exports.common import read_curated_shard
@@ -79,9 +79,9 @@ def _check_formats(cfg: dict, run_dir: str | None, run_must_exist: bool) -> None
     for name in cfg["formats"]:
         cls = export_class(name)
         if name == "flava" and cfg["flava.unimodal"]:
-            run_dir = os.path.abspath(cfg["flava.run_dir"] or run_dir or "")
-            if run_must_exist and not (os.path.isdir(os.path.join(run_dir, "decisions"))
-                                       and os.path.isfile(os.path.join(run_dir, ".curate_run.json"))):
+            run_dir = fs.abspath(cfg["flava.run_dir"] or run_dir or "")
+            if run_must_exist and not (fs.isdir(fs.join(run_dir, "decisions"))
+                                       and fs.isfile(fs.join(run_dir, ".curate_run.json"))):
                 raise ConfigError(f"config error: flava.unimodal reads laion_filter's decisions, but {run_dir!r} "
                                   "holds no laion_filter run (decisions/ and .curate_run.json); set flava.run_dir "
                                   "to that run's output folder, or flava.unimodal=false")
@@ -94,8 +94,8 @@ def validate(cfg: dict) -> None:
     """Called by the CLI before any work."""
     if not cfg["formats"]:
         raise ConfigError(f"config error: formats is empty; choose from {', '.join(FORMATS)}")
-    shards = cfg["input"] if os.path.isdir(cfg["input"]) else os.path.dirname(cfg["input"])
-    _check_formats(cfg, os.path.dirname(os.path.abspath(shards)), run_must_exist=True)
+    shards = cfg["input"] if fs.isdir(cfg["input"]) else fs.dirname(cfg["input"])
+    _check_formats(cfg, fs.dirname(fs.abspath(shards)), run_must_exist=True)
 
 
 def laion_filter_settings(cfg: dict) -> dict | None:
@@ -108,13 +108,13 @@ def laion_filter_settings(cfg: dict) -> dict | None:
         return None
     out = cfg["output"]
     settings = config_lib.load("export", SCHEMA, cfg.get("exports_config"), [], {
-        "input": os.path.join(out, "shards"), "output": os.path.join(out, "exports"), "formats": cfg["exports"]})
+        "input": fs.join(out, "shards"), "output": fs.join(out, "exports"), "formats": cfg["exports"]})
     _check_formats(settings, out, run_must_exist=False)
     return settings
 
 
 def describe_outputs(cfg: dict) -> str:
-    return "exports in " + ", ".join(os.path.join(cfg["output"], name) for name in cfg["formats"])
+    return "exports in " + ", ".join(fs.join(cfg["output"], name) for name in cfg["formats"])
 
 
 def check_rows(element, shard_index: dict[str, int]):
@@ -139,14 +139,13 @@ class ExportFormats(beam.PTransform):
         self._cfg, self._out_dir = cfg, out_dir
 
     def expand(self, shards):
-        writes = [shards | f"Export:{name}" >> export_class(name)(self._cfg, os.path.join(self._out_dir, name))
+        writes = [shards | f"Export:{name}" >> export_class(name)(self._cfg, fs.join(self._out_dir, name))
                   for name in self._cfg["formats"]]
         return writes | "ExportWrites" >> beam.Flatten()
 
 
 def _curated_tars(shards_dir: str) -> list[str]:
-    return sorted(os.path.join(shards_dir, n) for n in os.listdir(shards_dir) if n.endswith(".tar")) \
-        if os.path.isdir(shards_dir) else []
+    return fs.glob(fs.join(shards_dir, "*.tar")) if fs.isdir(shards_dir) else []
 
 
 class ExportAfterWrites(beam.PTransform):
@@ -180,7 +179,7 @@ class Export(beam.PTransform):
         shards = pbegin | "ListShards" >> beam.Create(self._paths) | "Spread" >> beam.Reshuffle()
         decisions = (shards
                      | "CheckSamples" >> beam.FlatMap(check_rows, {p: i for i, p in enumerate(self._paths)})
-                     | "WriteDecisions" >> WriteDecisions(os.path.join(out, "decisions")))
+                     | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
         exported = shards | "ExportFormats" >> ExportFormats(self._cfg, out)
         return done([decisions, exported])
 

@@ -253,3 +253,20 @@ def test_emu3_export_skips_an_image_its_processor_rejects(setup, tmp_path):
     assert layout["documents"] == 2 and layout["codebook"] == 256
     docs = [d for s in _wds_sequences(out) for d in s["json"]["documents"]]
     assert [d["key"] for d in docs] == ["a", "b"] and docs[0]["grid"] != docs[1]["grid"]
+
+
+def test_export_to_a_remote_folder_writes_the_same_bytes(setup):
+    """Output on fsspec's in-memory filesystem: megatron-core's builder writes local files, so the
+    parts are staged locally and uploaded; the result is the local export's bytes."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    try:
+        _export(setup["shards"], setup["cfg"], "memory://cham/out")
+        names = sorted(os.listdir(setup["out"]))
+        assert sorted(p.rsplit("/", 1)[1] for p in memory.find("/cham/out")) == names
+        for name in names:
+            assert memory.cat(f"/cham/out/{name}") == open(os.path.join(setup["out"], name), "rb").read(), name
+    finally:
+        if memory.exists("/cham"):
+            memory.rm("/cham", recursive=True)

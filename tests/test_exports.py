@@ -317,3 +317,31 @@ def test_unimodal_needs_a_laion_filter_run_and_a_missing_format_is_named(exporte
     monkeypatch.setattr(export, "_loaded", {})
     assert run.main([*args, "--set", "formats=[llava]"]) == 2
     assert "export format 'llava' is not available here (ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_export_reads_and_writes_remote_paths(exported):
+    """The run's folder and the export on fsspec's in-memory filesystem: the same files, byte for byte."""
+    import fsspec
+
+    out, _report, alone, alone_report = exported
+    memory = fsspec.filesystem("memory")
+    try:
+        for path in glob.glob(os.path.join(out, "**", "*"), recursive=True) + [os.path.join(out, ".curate_run.json")]:
+            rel = os.path.relpath(path, out)
+            if os.path.isfile(path) and rel.split(os.sep)[0] in ("shards", "decisions", ".curate_run.json"):
+                memory.pipe(f"/run/{rel}", open(path, "rb").read())
+        report = run.run(["--pipeline", "export", "--input", "memory://run/shards", "--output", "memory://exp",
+                          "--config", os.path.join(os.path.dirname(out), "export.yaml"),
+                          "--set", f"formats=[{', '.join(FORMATS)}]"])
+        assert report["counts"] == alone_report["counts"]
+        for name in FORMATS:
+            local = sorted(os.path.relpath(p, alone) for p in glob.glob(os.path.join(alone, name, "**", "*"),
+                                                                          recursive=True) if os.path.isfile(p))
+            remote = sorted(p.split("/exp/", 1)[1] for p in memory.find(f"/exp/{name}"))
+            assert remote == local and local
+            for rel in local:
+                assert memory.cat(f"/exp/{rel}") == open(os.path.join(alone, rel), "rb").read(), rel
+    finally:
+        for root in ("/run", "/exp"):
+            if memory.exists(root):
+                memory.rm(root, recursive=True)

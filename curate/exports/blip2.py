@@ -6,10 +6,10 @@ JPEG, so an image stored in another format is re-encoded (quality 95).
 """
 from __future__ import annotations
 
-import os
 
 import apache_beam as beam
 
+from curate import fs
 from curate.config import Schema
 from curate.exports.writing import WriteSizesJson, exportable, image_member, shard_name
 from curate.io import write_tar
@@ -27,8 +27,8 @@ class _WriteBlip2Shard(beam.DoFn):
                 _, data = image_member(sample, decoded, ("jpg",))
                 members.append((sample.key, {"jpg": data, "json": {"caption": sample.caption}}))
             name = f"{shard_name(path)}.tar"
-            os.makedirs(self._out_dir, exist_ok=True)
-            write_tar(os.path.join(self._out_dir, name), members)
+            fs.makedirs(self._out_dir)
+            write_tar(fs.join(self._out_dir, name), members)
         yield name, len(members)
 
 

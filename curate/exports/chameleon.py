@@ -25,10 +25,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 
 import apache_beam as beam
 
+from curate import fs
 from curate.config import ConfigError, Option, Schema
 from curate.exports import packing
 from curate.exports.writing import WriteSizesJson, exportable, shard_name, write_json
@@ -66,7 +66,7 @@ def _settings(cfg: dict) -> dict:
 def load_text_tokenizer(folder: str):
     """A transformers tokenizer from a local folder (never the hub: curate runs offline)."""
     from transformers import AutoTokenizer
-    if not os.path.isdir(folder):
+    if not fs.isdir(folder):
         raise ConfigError(f"config error: chameleon.tokenizer {folder!r} is not a folder")
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
@@ -138,10 +138,10 @@ class _TokenizeAndPackShard(beam.DoFn):
                     seg.grid = grids[seg.key]
         with timed("export_chameleon_write"):
             dtype = packing.token_dtype(self._layout.vocab_size)
-            os.makedirs(os.path.join(self._out_dir, PARTS), exist_ok=True)
-            write_tar(os.path.join(self._out_dir, f"{name}.tar"),
+            fs.makedirs(fs.join(self._out_dir, PARTS))
+            write_tar(fs.join(self._out_dir, f"{name}.tar"),
                       [(f"{name}_{i:06d}", packing.sample_members(seq, dtype)) for i, seq in enumerate(sequences)])
-            packing.write_indexed(os.path.join(self._out_dir, PARTS, name), sequences, dtype)
+            packing.write_indexed(fs.join(self._out_dir, PARTS, name), sequences, dtype)
         yield f"{name}.tar", len(sequences), len(docs), [{**row, "shard": f"{name}.tar"} for row in skipped]
 
 
@@ -155,21 +155,21 @@ class _JoinMegatronParts(beam.DoFn):
         _, shards = element
         shards = sorted(x for x in shards if x is not None)
         names = [name[: -len(".tar")] for name, _, _, _ in shards]
-        parts_dir = os.path.join(self._out_dir, PARTS)
-        prefix = os.path.join(self._out_dir, MEGATRON_PREFIX)
+        parts_dir = fs.join(self._out_dir, PARTS)
+        prefix = fs.join(self._out_dir, MEGATRON_PREFIX)
         dtype = packing.token_dtype(self._layout.vocab_size)
-        os.makedirs(self._out_dir, exist_ok=True)
-        packing.merge_indexed(prefix, [os.path.join(parts_dir, n) for n in names], dtype)
+        fs.makedirs(self._out_dir)
+        packing.merge_indexed(prefix, [fs.join(parts_dir, n) for n in names], dtype)
         for n in names:
             for ext in (".bin", ".idx"):
-                os.remove(os.path.join(parts_dir, n + ext))
-        if os.path.isdir(parts_dir) and not os.listdir(parts_dir):
-            os.rmdir(parts_dir)
+                fs.remove(fs.join(parts_dir, n + ext))
+        if fs.isdir(parts_dir) and not fs.glob(fs.join(parts_dir, "*")):
+            fs.remove(parts_dir)
         layout = {**self._layout.to_json(), "dtype": str(dtype.__name__), "settings": self._info,
                   "vocabulary_map": self._layout.vocabulary_map(),
                   "sequences": sum(n for _, n, _, _ in shards), "documents": sum(d for _, _, d, _ in shards),
                   "skipped": [row for _, _, _, rows in shards for row in rows]}
-        yield write_json(os.path.join(self._out_dir, "layout.json"), layout)
+        yield write_json(fs.join(self._out_dir, "layout.json"), layout)
         yield prefix + ".idx"
 
 
@@ -215,5 +215,4 @@ class ChameleonExport(beam.PTransform):
 
 def read_layout(out_dir: str) -> dict:
     """layout.json of a chameleon export folder."""
-    with open(os.path.join(out_dir, "layout.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(fs.read_bytes(fs.join(out_dir, "layout.json")))

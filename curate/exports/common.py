@@ -5,11 +5,10 @@ KEY.json per sample. Exporters receive ``CuratedSample`` records and never re-de
 """
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from curate import fs
 from curate.io import IMAGE_EXTS, iter_tar_samples, sample_json
 
 
@@ -31,7 +30,7 @@ class CuratedSample:
 
 def list_curated_shards(shards_dir: str) -> list[str]:
     """Sorted NNNNN.tar paths of a curated shard folder (OUT/shards). Raises ValueError if none."""
-    paths = sorted(glob.glob(os.path.join(shards_dir, "*.tar")))
+    paths = sorted(fs.glob(fs.join(shards_dir, "*.tar")))
     if not paths:
         raise ValueError(f"no curated .tar shards in {shards_dir!r}")
     return paths
@@ -40,7 +39,7 @@ def list_curated_shards(shards_dir: str) -> list[str]:
 def read_curated_shard(path: str) -> Iterator[CuratedSample]:
     """The samples of one curated tar, in order. Members without an image are skipped: the
     curate writer never produces them, so they can only come from a foreign tar."""
-    name = os.path.basename(path)
+    name = fs.basename(path)
     for index, (key, fields) in enumerate(iter_tar_samples(path)):
         ext = next((e for e in IMAGE_EXTS if e in fields), None)
         if ext is None:

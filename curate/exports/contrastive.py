@@ -7,10 +7,10 @@ open_clip_train takes the dataset size when ``--train-num-samples`` is not given
 """
 from __future__ import annotations
 
-import os
 
 import apache_beam as beam
 
+from curate import fs
 from curate.config import Schema
 from curate.exports.writing import WriteSizesJson, exportable, image_member, shard_name
 from curate.io import write_tar
@@ -31,8 +31,8 @@ class _WriteContrastiveShard(beam.DoFn):
                 ext, data = image_member(sample, decoded, OPEN_CLIP_IMAGE_EXTS)
                 members.append((sample.key, {ext: data, "txt": sample.caption, "json": sample.meta}))
             name = f"{shard_name(path)}.tar"
-            os.makedirs(self._out_dir, exist_ok=True)
-            write_tar(os.path.join(self._out_dir, name), members)
+            fs.makedirs(self._out_dir)
+            write_tar(fs.join(self._out_dir, name), members)
         yield name, len(members)
 
 

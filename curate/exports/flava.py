@@ -14,20 +14,18 @@ image-only and text-only streams for FLAVA's unimodal objectives. All WebDataset
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
-import os
 import random
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 
+from curate import fs
 from curate.config import ConfigError, Option, Schema
 from curate.exports.writing import WriteSizesJson, exportable, npy_bytes, shard_name, write_json
-from curate.io import TarReadError, iter_tar_samples, sample_json, write_tar
+from curate.io import TarReadError, iter_tar_samples, read_parquet, sample_json, write_tar
 from curate.timing import timed
 from filters import basic
 from filters.image import decode_image
@@ -132,8 +130,8 @@ class _FlavaShardFn(beam.DoFn):
             if codes:
                 fields["codes.npy"] = npy_bytes(codes[i])
             members.append((key, fields))
-        os.makedirs(self._out_dir, exist_ok=True)
-        write_tar(os.path.join(self._out_dir, f"{name}.tar"), members)
+        fs.makedirs(self._out_dir)
+        write_tar(fs.join(self._out_dir, f"{name}.tar"), members)
         return f"{name}.tar", len(members)
 
 
@@ -162,7 +160,7 @@ class _WriteImageOnlyShard(_FlavaShardFn):
                     if decoded is None or decoded.reason:  # laion_filter decoded it; the raw shard changed since
                         log.warning("flava image_only: %s#%d no longer decodes; skipped", path, index)
                         continue
-                    meta = {"key": key, "source_shard": os.path.basename(path), "source_index": index,
+                    meta = {"key": key, "source_shard": fs.basename(path), "source_index": index,
                             "caption_dropped_for": reason, "width": decoded.width, "height": decoded.height}
                     items.append((key, ext, fields[ext], decoded.image, None, meta))
             yield self.write(f"{shard_id:05d}", items)
@@ -184,16 +182,16 @@ def _members(path: str, indices) -> list[tuple[int, dict]]:
 def _write_text_only(element, out_dir: str):
     shard_id, rows = element
     members = [(key, {"txt": caption, "json": meta}) for key, caption, meta in rows]
-    os.makedirs(out_dir, exist_ok=True)
-    write_tar(os.path.join(out_dir, f"{shard_id:05d}.tar"), members)
+    fs.makedirs(out_dir)
+    write_tar(fs.join(out_dir, f"{shard_id:05d}.tar"), members)
     yield f"{shard_id:05d}.tar", len(members)
 
 
 def _curated_index(shards_dir: str) -> tuple[set, set]:
     """sha256s and captions of the curated samples (from the shards' parquet files)."""
     shas, captions = set(), set()
-    for path in sorted(glob.glob(os.path.join(shards_dir, "*.parquet"))):
-        t = pq.read_table(path, columns=["sha256", "caption"]).to_pydict()
+    for path in sorted(fs.glob(fs.join(shards_dir, "*.parquet"))):
+        t = read_parquet(path, columns=["sha256", "caption"]).to_pydict()
         shas.update(t["sha256"])
         captions.update(t["caption"])
     return shas, captions
@@ -212,12 +210,12 @@ class _PlanUnimodal(beam.DoFn):
         self._run_dir, self._n = run_dir, per_shard
 
     def process(self, _element):
-        with open(os.path.join(self._run_dir, ".curate_run.json"), encoding="utf-8") as f:
-            filters = json.load(f).get("config", {})
-        rows = sorted(pq.read_table(os.path.join(self._run_dir, "decisions"), columns=[
-            "key", "source_shard", "source_index", "kept", "reason", "sha256"]).to_pylist(),
-            key=lambda r: (r["source_shard"], r["source_index"]))
-        shas, captions = _curated_index(os.path.join(self._run_dir, "shards"))
+        filters = json.loads(fs.read_bytes(fs.join(self._run_dir, ".curate_run.json"))).get("config", {})
+        columns = ["key", "source_shard", "source_index", "kept", "reason", "sha256"]
+        rows = sorted((r for path in fs.glob(fs.join(self._run_dir, "decisions", "*.parquet"))
+                       for r in read_parquet(path, columns=columns).to_pylist()),
+                      key=lambda r: (r["source_shard"], r["source_index"]))
+        shas, captions = _curated_index(fs.join(self._run_dir, "shards"))
         images, texts, wanted_text, keys_i, keys_t = [], [], {}, set(), set()
         for r in rows:
             if r["kept"] or r["source_index"] < 0:
@@ -242,7 +240,7 @@ class _PlanUnimodal(beam.DoFn):
                 captions.add(caption)
                 keys_t.add(r["key"])
                 meta = {**sample_json(fields), "key": r["key"], "caption": caption,
-                        "source_shard": os.path.basename(path), "source_index": index, "image_dropped_for": r["reason"]}
+                        "source_shard": fs.basename(path), "source_index": index, "image_dropped_for": r["reason"]}
                 texts.append((r["key"], caption, meta))
         for start in range(0, len(images), self._n):
             yield "image_only", (start // self._n, images[start:start + self._n])
@@ -278,7 +276,7 @@ class FlavaExport(beam.PTransform):
     def check(cfg: dict) -> None:
         grid, size = cfg["flava.mask_grid"], cfg["flava.codebook_image_size"]
         if cfg["flava.codebook"]:
-            if not os.path.isfile(os.path.join(cfg["flava.codebook"], "config.json")):
+            if not fs.isfile(fs.join(cfg["flava.codebook"], "config.json")):
                 raise ConfigError(f"config error: flava.codebook {cfg['flava.codebook']!r} is not a folder "
                                   "holding a FlavaImageCodebook (config.json + weights, as save_pretrained writes)")
             if size != CODEBOOK_STRIDE * grid:
@@ -298,16 +296,16 @@ class FlavaExport(beam.PTransform):
         s, out = self._s, self._out_dir
         settings = {k[len("flava."):]: v for k, v in sorted(s.items()) if k not in ("flava.run_dir",)}
         writes = [shards
-                  | "WritePairs" >> beam.ParDo(_WritePairsShard(s, os.path.join(out, "pairs")))
-                  | "PairsSizes" >> WriteSizesJson(os.path.join(out, "pairs")),
+                  | "WritePairs" >> beam.ParDo(_WritePairsShard(s, fs.join(out, "pairs")))
+                  | "PairsSizes" >> WriteSizesJson(fs.join(out, "pairs")),
                   shards.pipeline | "Settings" >> beam.Create([settings])
-                  | "WriteMaskingJson" >> beam.Map(lambda x: write_json(os.path.join(out, "masking.json"), x))]
+                  | "WriteMaskingJson" >> beam.Map(lambda x: write_json(fs.join(out, "masking.json"), x))]
         if s["flava.unimodal"]:
             plans = (shards
                      | "AfterShards" >> beam.Map(lambda p: (0, p))
                      | "GatherShards" >> beam.GroupByKey()
                      | "PlanUnimodal" >> beam.ParDo(_PlanUnimodal(s["flava.run_dir"], s["flava.samples_per_shard"])))
-            image_dir, text_dir = os.path.join(out, "image_only"), os.path.join(out, "text_only")
+            image_dir, text_dir = fs.join(out, "image_only"), fs.join(out, "text_only")
             writes.append(plans
                           | "ImagePlans" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "image_only" else [])
                           | "WriteImageOnly" >> beam.ParDo(_WriteImageOnlyShard(s, image_dir))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import apache_beam as beam
 
+from curate import fs
 from curate.config import ConfigError, Option, Schema
 from curate.exports.writing import exportable, shard_name
-from curate.io import atomic_path
+from curate.io import write_bytes
 from curate.timing import timed
 
 IMAGE_TOKEN = "<image>"
@@ -45,11 +45,9 @@ class _WriteLlavaImages(beam.DoFn):
         with timed("export_llava"):
             for sample, _decoded in exportable(path):
                 image = f"{name}/{sample.key}.{sample.image_ext}"
-                target = os.path.join(self._out_dir, "images", image)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with atomic_path(target) as tmp:
-                    with open(tmp, "wb") as f:
-                        f.write(sample.image)
+                target = fs.join(self._out_dir, "images", image)
+                fs.makedirs(fs.dirname(target))
+                write_bytes(target, sample.image)
                 records.append((sample.order, conversation(sample.key, image, sample.caption, self._prompts)))
         yield 0, records
 
@@ -61,11 +59,9 @@ class _WriteChatJson(beam.DoFn):
     def process(self, element):
         _, shards = element
         records = [r for _order, r in sorted((x for shard in shards for x in shard), key=lambda x: x[0])]
-        path = os.path.join(self._out_dir, "chat.json")
-        os.makedirs(self._out_dir, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(records, f, ensure_ascii=False, indent=1, sort_keys=True)
+        path = fs.join(self._out_dir, "chat.json")
+        fs.makedirs(self._out_dir)
+        write_bytes(path, json.dumps(records, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8"))
         yield path
 
 

@@ -16,9 +16,12 @@ and megatron-core when called.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -189,10 +192,32 @@ def sample_members(seq: PackedSequence, dtype) -> dict:
     }
 
 
-def _replace_pair(tmp_prefix: str, prefix: str) -> None:
-    # .bin first, .idx last: a reader that finds the .idx finds its complete .bin.
-    os.replace(tmp_prefix + ".bin", prefix + ".bin")
-    os.replace(tmp_prefix + ".idx", prefix + ".idx")
+@contextlib.contextmanager
+def _staged_pair(prefix: str):
+    """A local temp prefix for megatron-core's builder (it writes local files), published onto
+    PREFIX.bin/.idx when the block succeeds: renamed beside it when local, uploaded when remote.
+    .bin first, .idx last: a reader that finds the .idx finds its complete .bin."""
+    from curate import fs  # imported here: the benchmark runs this module with numpy + torch alone
+    from curate.io import write_bytes
+
+    remote = not fs.is_local(prefix)
+    scratch = tempfile.mkdtemp(prefix="curate-megatron-") if remote else None
+    tmp = (os.path.join(scratch, "part") if remote else
+           os.path.join(os.path.dirname(prefix), f".{os.path.basename(prefix)}.tmp-{os.getpid()}"))
+    try:
+        yield tmp
+        for ext in (".bin", ".idx"):
+            if remote:
+                with open(tmp + ext, "rb") as f:
+                    write_bytes(prefix + ext, f.read())
+            else:
+                os.replace(tmp + ext, prefix + ext)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for ext in (".bin", ".idx"):
+            if os.path.exists(tmp + ext):
+                os.remove(tmp + ext)
 
 
 def write_indexed(prefix: str, sequences: list[PackedSequence], dtype) -> None:
@@ -205,8 +230,7 @@ def write_indexed(prefix: str, sequences: list[PackedSequence], dtype) -> None:
     """
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    tmp = os.path.join(os.path.dirname(prefix), f".{os.path.basename(prefix)}.tmp-{os.getpid()}")
-    try:
+    with _staged_pair(prefix) as tmp:
         builder = IndexedDatasetBuilder(tmp + ".bin", dtype=dtype)
         for seq in sequences:
             for s in seq.segments:
@@ -215,24 +239,20 @@ def write_indexed(prefix: str, sequences: list[PackedSequence], dtype) -> None:
                 builder.add_item(torch.from_numpy(seq.tokens[seq.used:]))
             builder.end_document()
         builder.finalize(tmp + ".idx")
-        _replace_pair(tmp, prefix)
-    finally:
-        for ext in (".bin", ".idx"):
-            if os.path.exists(tmp + ext):
-                os.remove(tmp + ext)
 
 
 def merge_indexed(prefix: str, parts: list[str], dtype) -> None:
     """Concatenate indexed datasets (in the given order) into PREFIX.bin/.idx with add_index."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    tmp = os.path.join(os.path.dirname(prefix), f".{os.path.basename(prefix)}.tmp-{os.getpid()}")
-    try:
+
+    from curate import fs
+    with _staged_pair(prefix) as tmp, tempfile.TemporaryDirectory(prefix="curate-megatron-parts-") as local:
         builder = IndexedDatasetBuilder(tmp + ".bin", dtype=dtype)
-        for part in parts:
+        for i, part in enumerate(parts):
+            if not fs.is_local(part):  # add_index reads local files: fetch the part first
+                for ext in (".bin", ".idx"):
+                    with open(os.path.join(local, f"{i}{ext}"), "wb") as f:
+                        f.write(fs.read_bytes(part + ext))
+                part = os.path.join(local, str(i))
             builder.add_index(part)
         builder.finalize(tmp + ".idx")
-        _replace_pair(tmp, prefix)
-    finally:
-        for ext in (".bin", ".idx"):
-            if os.path.exists(tmp + ext):
-                os.remove(tmp + ext)

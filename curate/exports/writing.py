@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
 
+from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
-from curate.io import TarReadError, atomic_path, dumps_json
+from curate.io import TarReadError, dumps_json, write_bytes
 from curate.shards import write_sizes
 from filters.image import Decoded, decode_image
 
@@ -60,14 +60,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def shard_name(path: str) -> str:
     """``/x/OUT/shards/00003.tar`` -> ``00003``: exported shards keep the curated shard's number."""
-    return os.path.basename(path)[: -len(".tar")]
+    return fs.basename(path)[: -len(".tar")]
 
 
 def write_json(path: str, obj) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(dumps_json(obj))
+    fs.makedirs(fs.dirname(path))
+    write_bytes(path, dumps_json(obj))
     return path
 
 
@@ -78,7 +76,7 @@ class _WriteSizesJson(beam.DoFn):
     def process(self, element):
         _, sizes = element
         write_sizes(self._out_dir, dict(kv for kv in sizes if kv is not None))
-        yield os.path.join(self._out_dir, "sizes.json")
+        yield fs.join(self._out_dir, "sizes.json")
 
 
 class WriteSizesJson(beam.PTransform):
