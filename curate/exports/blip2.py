@@ -6,30 +6,16 @@ JPEG, so an image stored in another format is re-encoded (quality 95).
 """
 from __future__ import annotations
 
-
 import apache_beam as beam
 
-from curate import fs
 from curate.config import Schema
-from curate.exports.writing import WriteSizesJson, exportable, image_member, shard_name
-from curate.io import write_tar
-from curate.timing import timed
+from curate.exports.writing import WriteShardPerShard, image_member
 
 
-class _WriteBlip2Shard(beam.DoFn):
-    def __init__(self, out_dir: str):
-        self._out_dir = out_dir
-
-    def process(self, path):
-        with timed("export_blip2"):
-            members = []
-            for sample, decoded in exportable(path):
-                _, data = image_member(sample, decoded, ("jpg",))
-                members.append((sample.key, {"jpg": data, "json": {"caption": sample.caption}}))
-            name = f"{shard_name(path)}.tar"
-            fs.makedirs(self._out_dir)
-            write_tar(fs.join(self._out_dir, name), members)
-        yield name, len(members)
+def blip2_members(sample, decoded) -> dict:
+    """A JPEG named jpg and json {"caption": ...}, as LAVIS's LAION reader takes them."""
+    _, data = image_member(sample, decoded, ("jpg",))
+    return {"jpg": data, "json": {"caption": sample.caption}}
 
 
 class Blip2Export(beam.PTransform):
@@ -42,6 +28,4 @@ class Blip2Export(beam.PTransform):
         self._out_dir = out_dir
 
     def expand(self, shards):
-        return (shards
-                | "WriteShards" >> beam.ParDo(_WriteBlip2Shard(self._out_dir))
-                | "SizesJson" >> WriteSizesJson(self._out_dir))
+        return shards | "Shards" >> WriteShardPerShard(self._out_dir, blip2_members, "export_blip2")

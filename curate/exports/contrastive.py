@@ -7,33 +7,19 @@ open_clip_train takes the dataset size when ``--train-num-samples`` is not given
 """
 from __future__ import annotations
 
-
 import apache_beam as beam
 
-from curate import fs
 from curate.config import Schema
-from curate.exports.writing import WriteSizesJson, exportable, image_member, shard_name
-from curate.io import write_tar
-from curate.timing import timed
+from curate.exports.writing import WriteShardPerShard, image_member
 
 # open_clip_train: wds.rename(image="jpg;png;jpeg;webp", text="txt")
 OPEN_CLIP_IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")
 
 
-class _WriteContrastiveShard(beam.DoFn):
-    def __init__(self, out_dir: str):
-        self._out_dir = out_dir
-
-    def process(self, path):
-        with timed("export_contrastive"):
-            members = []
-            for sample, decoded in exportable(path):
-                ext, data = image_member(sample, decoded, OPEN_CLIP_IMAGE_EXTS)
-                members.append((sample.key, {ext: data, "txt": sample.caption, "json": sample.meta}))
-            name = f"{shard_name(path)}.tar"
-            fs.makedirs(self._out_dir)
-            write_tar(fs.join(self._out_dir, name), members)
-        yield name, len(members)
+def contrastive_members(sample, decoded) -> dict:
+    """image (a format open_clip_train reads), caption as txt, the curated metadata as json."""
+    ext, data = image_member(sample, decoded, OPEN_CLIP_IMAGE_EXTS)
+    return {ext: data, "txt": sample.caption, "json": sample.meta}
 
 
 class ContrastiveExport(beam.PTransform):
@@ -46,6 +32,4 @@ class ContrastiveExport(beam.PTransform):
         self._out_dir = out_dir
 
     def expand(self, shards):
-        return (shards
-                | "WriteShards" >> beam.ParDo(_WriteContrastiveShard(self._out_dir))
-                | "SizesJson" >> WriteSizesJson(self._out_dir))
+        return shards | "Shards" >> WriteShardPerShard(self._out_dir, contrastive_members, "export_contrastive")

@@ -12,8 +12,9 @@ import numpy as np
 
 from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
-from curate.io import TarReadError, dumps_json, write_bytes
+from curate.io import TarReadError, dumps_json, write_bytes, write_tar
 from curate.shards import write_sizes
+from curate.timing import timed
 from filters.image import Decoded, decode_image
 
 log = logging.getLogger("curate")
@@ -95,3 +96,32 @@ class WriteSizesJson(beam.PTransform):
                 | "All" >> beam.Map(lambda kv: (0, kv))
                 | "Gather" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(_WriteSizesJson(self._out_dir)))
+
+
+class _WriteMappedShard(beam.DoFn):
+    def __init__(self, out_dir: str, to_members, label: str):
+        self._out_dir, self._to_members, self._label = out_dir, to_members, label
+
+    def process(self, path):
+        with timed(self._label):
+            members = [(sample.key, self._to_members(sample, decoded)) for sample, decoded in exportable(path)]
+            name = f"{shard_name(path)}.tar"
+            fs.makedirs(self._out_dir)
+            write_tar(fs.join(self._out_dir, name), members)
+        yield name, len(members)
+
+
+class WriteShardPerShard(beam.PTransform):
+    """Curated shard paths -> one WebDataset tar per curated shard (same number) + sizes.json.
+
+    ``to_members(sample, decoded) -> {ext: bytes|str|dict}`` says what a format writes per sample.
+    """
+
+    def __init__(self, out_dir: str, to_members, label: str):
+        super().__init__()
+        self._out_dir, self._to_members, self._label = out_dir, to_members, label
+
+    def expand(self, shards):
+        return (shards
+                | "WriteShards" >> beam.ParDo(_WriteMappedShard(self._out_dir, self._to_members, self._label))
+                | "SizesJson" >> WriteSizesJson(self._out_dir))
