@@ -3,23 +3,23 @@
 img2dataset's own Downloader, Resizer and writer do each shard's work (curate/ingest/shard.py);
 Beam distributes the shards. A rerun skips finished shards and redoes unfinished ones;
 ``ingest.retry_failed`` downloads again only the rows that failed, merging them into their shards.
+Input tables and the output folder may be local paths or fsspec URLs (every path goes through curate.fs).
 """
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyarrow import feather
 
+from curate import fs
 from curate.config import Option, Schema
 from curate.ingest import guard, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
-from curate.io import atomic_path
+from curate.io import atomic_path, read_parquet, write_bytes, write_parquet
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
 
@@ -106,12 +106,18 @@ def plan(cfg: dict) -> list[ShardTask]:
 
     Finished shards are skipped; with retry_failed their retryable failed rows are planned instead.
     """
-    raw = os.path.join(cfg["output"], RAW)
-    pending = os.path.join(raw, ".pending")
-    shutil.rmtree(pending, ignore_errors=True)  # rows planned by an earlier, interrupted run
-    os.makedirs(pending)
-    for leftover in glob.glob(os.path.join(raw, ".*.tmp-*")):  # work folders of a killed run
-        shutil.rmtree(leftover, ignore_errors=True)
+    raw = fs.join(cfg["output"], RAW)
+    pending = fs.join(raw, ".pending")
+    if fs.is_local(raw):
+        shutil.rmtree(pending, ignore_errors=True)  # rows planned by an earlier, interrupted run
+        os.makedirs(pending)
+        for leftover in fs.glob(fs.join(raw, ".*.tmp-*")):  # work folders of a killed run
+            shutil.rmtree(leftover, ignore_errors=True)
+    else:  # the same on a remote folder (work folders are local there; temp names of killed uploads)
+        for leftover in [pending, *fs.glob(fs.join(raw, ".*.tmp-*"))]:
+            if fs.exists(leftover):
+                fs.remove(leftover)
+        fs.makedirs(pending)
     n, tasks, shard_id = cfg["ingest.samples_per_shard"], [], 0
     for path in table.list_tables(cfg["input"]):
         rows = table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
@@ -123,20 +129,39 @@ def plan(cfg: dict) -> list[ShardTask]:
             if not is_finished(raw, shard_id):
                 todo = rows.slice(start, n).select(columns)
             elif cfg["ingest.retry_failed"]:
-                todo = _failed_rows(os.path.join(raw, shard_name(shard_id) + ".parquet"), columns)
+                todo = _failed_rows(fs.join(raw, shard_name(shard_id) + ".parquet"), columns)
             if todo is not None and todo.num_rows:
-                target = os.path.join(pending, f"{shard_name(shard_id)}.feather")
-                with atomic_path(target) as tmp:
-                    feather.write_feather(todo, tmp, compression="uncompressed")
+                target = fs.join(pending, f"{shard_name(shard_id)}.feather")
+                _write_rows(target, todo)
                 tasks.append(ShardTask(shard_id, target, path, start, retry=is_finished(raw, shard_id)))
             shard_id += 1
     if not tasks:
-        os.rmdir(pending)
+        _remove_if_empty(pending)
     return tasks
 
 
+def _write_rows(target: str, rows: pa.Table) -> None:
+    """A shard's planned rows as an uncompressed Arrow IPC (feather) file, atomically."""
+    if fs.is_local(target):
+        with atomic_path(target) as tmp:
+            feather.write_feather(rows, tmp, compression="uncompressed")
+        return
+    buf = pa.BufferOutputStream()
+    feather.write_feather(rows, buf, compression="uncompressed")
+    write_bytes(target, buf.getvalue().to_pybytes())
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Remove ``folder`` once nothing is left in it (object stores have no empty folders to remove)."""
+    with contextlib.suppress(OSError):  # not empty (another shard still pending), or already gone
+        if fs.is_local(folder):
+            os.rmdir(folder)
+        elif not fs.glob(fs.join(folder, "*")):
+            fs.remove(folder)
+
+
 def _failed_rows(parquet: str, columns: list[str]) -> pa.Table:
-    rows = pq.read_table(parquet)
+    rows = read_parquet(parquet)
     mask = pa.array([retryable(r) for r in rows.column("reason").to_pylist()], pa.bool_())
     return rows.filter(mask).select([*columns, "key"])
 
@@ -169,17 +194,16 @@ class DownloadShardFn(beam.DoFn):
         self._download_shard = download_shard
 
     def process(self, task: ShardTask):
-        decisions = os.path.join(self._out, "decisions", f"{INGEST}-{shard_name(task.shard_id)}.parquet")
+        folder = fs.join(self._out, "decisions")
 
         def write_decisions(rows):
-            os.makedirs(os.path.dirname(decisions), exist_ok=True)
-            with atomic_path(decisions) as tmp:
-                pq.write_table(pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
-                                                    schema=DECISION_SCHEMA), tmp)
+            fs.makedirs(folder)
+            write_parquet(fs.join(folder, f"{INGEST}-{shard_name(task.shard_id)}.parquet"),
+                          pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
+                                               schema=DECISION_SCHEMA))
 
-        rows = self._download_shard(task, self._s, os.path.join(self._out, RAW), on_rows=write_decisions)
-        with contextlib.suppress(OSError):  # the last shard done leaves no empty .pending behind
-            os.rmdir(os.path.dirname(task.rows_path))
+        rows = self._download_shard(task, self._s, fs.join(self._out, RAW), on_rows=write_decisions)
+        _remove_if_empty(fs.join(self._out, RAW, ".pending"))  # the last shard done leaves none behind
         ok = sum(r is None for r in rows.column("reason").to_pylist())
         beam.metrics.Metrics.counter("curate", "ingest_rows").inc(rows.num_rows)
         beam.metrics.Metrics.counter("curate", "ingest_successes").inc(ok)
@@ -212,10 +236,10 @@ def ingest_first(cfg: dict, options) -> dict:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, cfg, successes=False)
     pipeline.run().wait_until_finish()
-    return {**cfg, "input": os.path.join(cfg["output"], RAW)}
+    return {**cfg, "input": fs.join(cfg["output"], RAW)}
 
 
 def describe_outputs(cfg: dict) -> str:
     """Where the closing summary points (the CLI's hook)."""
-    return (f"raw shards in {os.path.join(cfg['output'], RAW)} (status of every row in each NNNNN.parquet, "
+    return (f"raw shards in {fs.join(cfg['output'], RAW)} (status of every row in each NNNNN.parquet, "
             f"column reason)")

@@ -4,6 +4,9 @@ img2dataset writes straight to final names, in completion order, with the wall c
 Here its Downloader writes into a temp folder beside the shard through a writer that orders samples
 by key with a fixed mtime (so a rerun gives the same bytes), and the files are renamed into place
 only once complete, the ``_stats.json`` last: a shard is finished exactly when its stats file exists.
+When the raw folder is remote (gs://, s3://, ... through curate.fs), the temp folder is a local
+tempfile folder and each finished file is uploaded instead of renamed, in the same order (object
+stores publish an object only when its upload completes).
 (curate/ingest/__init__.py, which runs before this module, turns off albumentations' update check.)
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from img2dataset.writer import BufferedParquetWriter, WebDatasetSampleWriter
 from PIL import Image
 from pyarrow import feather
 
+from curate import fs
 from curate.ingest import guard
 from curate.ingest.shard import (
     DECOMPRESSION_BOMB,
@@ -38,7 +42,7 @@ from curate.ingest.shard import (
     shard_name,
     status_reason,
 )
-from curate.io import TAR_MTIME, atomic_path, iter_tar_samples, write_tar
+from curate.io import TAR_MTIME, iter_tar_samples, read_parquet, write_tar
 
 
 class PixelLimit:
@@ -135,28 +139,32 @@ def _stats(rows: pa.Table, start: float, end: float, retried: int = 0) -> dict:
 
 
 def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=None) -> pa.Table:
-    """Download ``task`` into ``raw_dir``; return the shard's status rows (one per input row).
+    """Download ``task`` into ``raw_dir`` (local or URL); return the shard's status rows (one per input row).
 
     ``on_rows(rows)`` runs before the shard is marked finished (e.g. to write its decisions), so a
     finished shard never lacks them.
     """
     name = shard_name(task.shard_id)
-    work = os.path.join(raw_dir, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(work)
+    if fs.is_local(raw_dir):
+        work = os.path.join(fs.local_path(raw_dir), f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        os.makedirs(work)
+    else:  # local scratch for img2dataset's writer; the finished files are uploaded
+        work = tempfile.mkdtemp(prefix=f".{name}.tmp-")
     try:
         guard.install(settings.policy)
         start = time.time()
-        columns = feather.read_table(task.rows_path, memory_map=False).column_names
+        rows_file = os.path.join(work, "rows.feather")
+        _copy_in(task.rows_path, rows_file)  # the Downloader deletes its input when done
+        planned = feather.read_table(rows_file, memory_map=False)
+        columns, expected = planned.column_names, planned.num_rows
         key_map = None
         if task.retry:
             # Failed rows sit at positions 0..m-1 of the retry file; give them back their own keys.
-            keys = feather.read_table(task.rows_path, columns=["key"]).column("key").to_pylist()
+            keys = planned.column("key").to_pylist()
             columns = [c for c in columns if c != "key"]
             key_map = {settings.key(task.shard_id, j): k for j, k in enumerate(keys)}
-        rows_file = os.path.join(work, "rows.feather")
-        shutil.copyfile(task.rows_path, rows_file)  # the Downloader deletes its input when done
-        if task.retry:
-            feather.write_feather(feather.read_table(rows_file).select(columns), rows_file, compression="uncompressed")
+            feather.write_feather(planned.select(columns), rows_file, compression="uncompressed")
+        del planned
         _downloader(settings, work, columns, key_map).download_shard((task.shard_id, rows_file))
         tar, parquet = (os.path.join(work, f"{name}.{ext}") for ext in ("tar", "parquet"))
         rows = pq.read_table(parquet)
@@ -164,25 +172,43 @@ def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=No
             rows = _merge(raw_dir, name, tar, rows)
             parquet = None
         stats = _stats(rows, start, time.time(), len(key_map or {}))
-        expected = (feather.read_table(task.rows_path, columns=[columns[0]]).num_rows if not task.retry else None)
-        if expected is not None and rows.num_rows != expected:
+        if not task.retry and rows.num_rows != expected:
             raise RuntimeError(f"shard {name}: {rows.num_rows} status rows for {expected} input rows")
         if on_rows is not None:
             on_rows(rows)
         _publish(raw_dir, name, tar, parquet, rows, stats)
-        os.remove(task.rows_path)
+        fs.remove(task.rows_path)
         return rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _copy_in(src: str, local: str) -> None:
+    """``src`` (local path or URL) copied to the local file ``local``."""
+    if fs.is_local(src):
+        shutil.copyfile(fs.local_path(src), local)
+        return
+    with fs.open(src, "rb") as f, open(local, "wb") as out:
+        shutil.copyfileobj(f, out)
+
+
+def _place(local: str, final: str) -> None:
+    """A finished local file onto its final name: renamed on a local disk, uploaded (all or
+    nothing) elsewhere."""
+    if fs.is_local(final):
+        os.replace(local, fs.local_path(final))
+        return
+    with open(local, "rb") as f, fs.atomic_write(final) as out:
+        shutil.copyfileobj(f, out)
+
+
 def _merge(raw_dir: str, name: str, retry_tar: str, retried: pa.Table) -> pa.Table:
     """Retried rows replace their old rows; their images join the tar (by key: never twice)."""
-    old = pq.read_table(os.path.join(raw_dir, f"{name}.parquet"))
+    old = read_parquet(fs.join(raw_dir, f"{name}.parquet"))
     retried = retried.select(old.schema.names).cast(old.schema)
     keep = pc.invert(pc.is_in(old.column("key"), value_set=retried.column("key")))
     rows = pa.concat_tables([old.filter(keep), retried]).sort_by("key")
-    write_tar(retry_tar + ".merged", _merge_sorted(os.path.join(raw_dir, f"{name}.tar"), retry_tar))
+    write_tar(retry_tar + ".merged", _merge_sorted(fs.join(raw_dir, f"{name}.tar"), retry_tar))
     os.replace(retry_tar + ".merged", retry_tar)
     return rows
 
@@ -204,16 +230,18 @@ def _merge_sorted(old_tar: str, new_tar: str):
 
 
 def _publish(raw_dir: str, name: str, tar: str, parquet: str | None, rows: pa.Table, stats: dict) -> None:
-    """Rename the finished files into place: tar, parquet, then the stats file that marks it done."""
-    final = os.path.join(raw_dir, name)
-    os.replace(tar, final + ".tar")
+    """Move the finished files (in the local work folder) into place: tar, parquet, then the stats
+    file that marks it done."""
+    work, final = os.path.dirname(tar), fs.join(raw_dir, name)
     if parquet is None:  # merged rows: written as img2dataset's writer does, so a merge equals a clean run
-        with atomic_path(final + ".parquet") as tmp:
-            writer = BufferedParquetWriter(tmp, rows.schema, 100)
-            for row in rows.to_pylist():
-                writer.write(row)
-            writer.close()
-    else:
-        os.replace(parquet, final + ".parquet")
-    with atomic_path(final + "_stats.json") as tmp, open(tmp, "w") as f:
+        parquet = os.path.join(work, f"{name}.merged.parquet")
+        writer = BufferedParquetWriter(parquet, rows.schema, 100)
+        for row in rows.to_pylist():
+            writer.write(row)
+        writer.close()
+    stats_file = os.path.join(work, f"{name}_stats.json")
+    with open(stats_file, "w") as f:
         json.dump(stats, f, indent=4)
+    _place(tar, final + ".tar")
+    _place(parquet, final + ".parquet")
+    _place(stats_file, final + "_stats.json")

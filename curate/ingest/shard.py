@@ -6,9 +6,9 @@ planner stay light.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
+from curate import fs
 from curate.ingest import guard
 
 OOM_SHARD_COUNT = 5  # shard names NNNNN, as img2dataset's default
@@ -86,7 +86,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to download: rows (Arrow IPC file) of ``source`` from ``first_row`` on; ``retry``:
+    """One shard to download: rows (Arrow IPC file, local path or URL) of ``source`` from ``first_row`` on; ``retry``:
     the rows are the failed ones of a finished shard, merged back into it."""
     shard_id: int
     rows_path: str
@@ -100,4 +100,4 @@ def shard_name(shard_id: int) -> str:
 
 
 def is_finished(raw_dir: str, shard_id: int) -> bool:
-    return os.path.exists(os.path.join(raw_dir, f"{shard_name(shard_id)}_stats.json"))
+    return fs.exists(fs.join(raw_dir, f"{shard_name(shard_id)}_stats.json"))

@@ -1,21 +1,25 @@
 """URL + caption tables (LAION parquet, CC12M tsv, DataComp metadata, jsonl) as Arrow tables.
 
 pyarrow reads every format (gzip decompressed by file extension), so no reader is hand-written.
+Tables may be local paths or fsspec URLs (gs://, s3://, memory:// ...): remote ones are read
+through file objects of curate.fs.
 Columns are renamed to img2dataset's names (``url``, ``caption``); every other column is carried
 into each sample's json and the shard parquet, renamed ``input_NAME`` where it would overwrite a
 column img2dataset writes itself (DataComp's ``sha256``, ``original_width`` ...).
 """
 from __future__ import annotations
 
-import glob
+import contextlib
 import gzip
+import io
 import json
-import os
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+
+from curate import fs
 
 FORMATS = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz", "jsonl", "jsonl.gz")
 # Written by img2dataset's Downloader for every row; an input column of that name would be lost.
@@ -33,24 +37,42 @@ def table_format(path: str) -> str | None:
 
 
 def list_tables(spec: str) -> list[str]:
-    """A table file, or a folder of them (sorted by name). Raises TableError when there is none."""
-    if os.path.isdir(spec):
-        paths = sorted(p for p in glob.glob(os.path.join(spec, "*")) if table_format(p) and os.path.isfile(p))
+    """A table file, or a folder of them (sorted by name), local or URL. Raises TableError when there is none."""
+    if fs.isdir(spec):
+        paths = sorted(p for p in fs.glob(fs.join(spec, "*")) if table_format(p) and fs.isfile(p))
     else:
-        paths = [spec] if os.path.isfile(spec) and table_format(spec) else []
+        paths = [spec] if fs.isfile(spec) and table_format(spec) else []
     if not paths:
         raise TableError(f"no URL table ({', '.join(FORMATS)}) found at {spec!r}")
-    return [os.path.abspath(p) for p in paths]
+    return [fs.abspath(p) for p in paths]
 
 
 def is_url_table(spec: str | None) -> bool:
     """True when ``spec`` names URL tables rather than raw shards (a folder holding .tar files is shards)."""
     if spec is None:
         return False
-    if os.path.isdir(spec):
-        return not glob.glob(os.path.join(spec, "*.tar")) and bool(
-            [p for p in glob.glob(os.path.join(spec, "*")) if table_format(p)])
+    if fs.isdir(spec):
+        return not fs.glob(fs.join(spec, "*.tar")) and bool(
+            [p for p in fs.glob(fs.join(spec, "*")) if table_format(p)])
     return table_format(spec) is not None
+
+
+@contextlib.contextmanager
+def _source(path: str, fmt: str):
+    """What pyarrow reads: a local path as is (it decompresses .gz by the name); a URL as a file
+    object of curate.fs, decompressed here."""
+    if fs.is_local(path):
+        yield path
+        return
+    with fs.open(path, "rb") as f:
+        yield pa.input_stream(f, compression="gzip") if fmt.endswith(".gz") else f
+
+
+def _first_line(path: str, fmt: str) -> str:
+    with fs.open(path, "rb") as raw:
+        binary = gzip.GzipFile(fileobj=raw) if fmt.endswith(".gz") else raw
+        with io.TextIOWrapper(binary, encoding="utf-8") as f:
+            return f.readline()
 
 
 def column_names(path: str) -> list[str]:
@@ -58,12 +80,12 @@ def column_names(path: str) -> list[str]:
     fmt = table_format(path)
     try:
         if fmt == "parquet":
-            return pq.read_schema(path).names
+            with _source(path, fmt) as src:
+                return pq.read_schema(src).names
         if fmt.startswith(("csv", "tsv")):
-            return pa_csv.open_csv(path, parse_options=_csv_parse(fmt)).schema.names
-        opener = gzip.open if fmt.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            first = f.readline()
+            with _source(path, fmt) as src:
+                return pa_csv.open_csv(src, parse_options=_csv_parse(fmt)).schema.names
+        first = _first_line(path, fmt)
         row = json.loads(first) if first.strip() else {}
         if not isinstance(row, dict):
             raise TableError(f"{path}: the first line is not a JSON object")
@@ -105,13 +127,14 @@ def read_table(path: str, url_col: str, caption_col: str | None) -> pa.Table:
     fmt = table_format(path)
     text = [c for c in (url_col, caption_col) if c]
     try:
-        if fmt == "parquet":
-            table = pq.read_table(path)
-        elif fmt.startswith(("csv", "tsv")):
-            table = pa_csv.read_csv(path, parse_options=_csv_parse(fmt), convert_options=pa_csv.ConvertOptions(
-                column_types={c: pa.string() for c in text}, strings_can_be_null=True))
-        else:
-            table = pa_json.read_json(path)
+        with _source(path, fmt) as src:
+            if fmt == "parquet":
+                table = pq.read_table(src)
+            elif fmt.startswith(("csv", "tsv")):
+                table = pa_csv.read_csv(src, parse_options=_csv_parse(fmt), convert_options=pa_csv.ConvertOptions(
+                    column_types={c: pa.string() for c in text}, strings_can_be_null=True))
+            else:
+                table = pa_json.read_json(src)
     except (OSError, pa.ArrowInvalid) as e:
         raise TableError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     columns, names = [], []
