@@ -13,6 +13,7 @@ sample in the output, whatever step dropped it. Decisions are written once, at t
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -25,6 +26,8 @@ from curate.outputs import DECISIONS, MAIN, split
 from curate.records import NEAR_DEDUP, decision
 from curate.timing import timed
 from filters import decontaminate, dedup, semdedup
+
+log = logging.getLogger("curate")
 
 SCHEMA: Schema = {
     "dedup.url_caption": Option(bool, "drop samples whose normalised (url, caption) pair repeats"),
@@ -159,6 +162,8 @@ class _Train(beam.DoFn):
         _, rows = element
         k = dedup.cluster_count(n, self._flat_max)
         rows = sorted(rows, key=lambda r: (r[0], r[1]))[:k * dedup.TRAIN_PER_CENTROID]
+        log.info("near dedup: %d samples: k-means with %d centroids (trained on %d sampled embeddings), then "
+                 "an exact search within each cluster", n, k, len(rows))
         with timed("train_centroids"):
             yield dedup.train_centroids(np.stack([r[2] for r in rows]), k)
 
@@ -225,6 +230,7 @@ class _Components(beam.DoFn):
         first = {}
         for p, label in zip(nodes, labels.tolist(), strict=True):
             first.setdefault(label, p)  # nodes are sorted: the group id is its earliest position
+        log.info("near dedup: %d near-duplicate pairs join %d samples into %d groups", len(pairs), len(nodes), len(first))
         for p, label in zip(nodes, labels.tolist(), strict=True):
             yield p, ("group", first[label])
 

@@ -8,8 +8,10 @@ Input tables and the output folder may be local paths or fsspec URLs (every path
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import time
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,6 +24,8 @@ from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, sha
 from curate.io import atomic_path, read_parquet, write_bytes, write_parquet
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
+
+log = logging.getLogger("curate")
 
 DESCRIPTION = "URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset"
 INGEST = "ingest"  # the stage named in decision rows
@@ -202,9 +206,14 @@ class DownloadShardFn(beam.DoFn):
                           pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
                                                schema=DECISION_SCHEMA))
 
+        t0 = time.perf_counter()
+        log.info("downloading shard %s%s", shard_name(task.shard_id), " (retrying its failed rows)" if task.retry else "")
         rows = self._download_shard(task, self._s, fs.join(self._out, RAW), on_rows=write_decisions)
         _remove_if_empty(fs.join(self._out, RAW, ".pending"))  # the last shard done leaves none behind
         ok = sum(r is None for r in rows.column("reason").to_pylist())
+        seconds = time.perf_counter() - t0
+        log.info("ingested shard %s: %d of %d rows downloaded in %.1fs (%.0f rows/s)", shard_name(task.shard_id),
+                 ok, rows.num_rows, seconds, rows.num_rows / max(seconds, 1e-9))
         beam.metrics.Metrics.counter("curate", "ingest_rows").inc(rows.num_rows)
         beam.metrics.Metrics.counter("curate", "ingest_successes").inc(ok)
         yield shard_name(task.shard_id), rows.num_rows, ok

@@ -31,7 +31,7 @@ import apache_beam as beam
 from curate import fs
 from curate.config import ConfigError, Option, Schema
 from curate.exports import packing
-from curate.exports.writing import WriteSizesJson, exportable, shard_name, write_json
+from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
 from curate.io import write_tar
 from curate.timing import timed
 
@@ -142,6 +142,7 @@ class _TokenizeAndPackShard(beam.DoFn):
             write_tar(fs.join(self._out_dir, f"{name}.tar"),
                       [(f"{name}_{i:06d}", packing.sample_members(seq, dtype)) for i, seq in enumerate(sequences)])
             packing.write_indexed(fs.join(self._out_dir, PARTS, name), sequences, dtype)
+        progress(self._out_dir, f"{name}.tar", len(docs))
         yield f"{name}.tar", len(sequences), len(docs), [{**row, "shard": f"{name}.tar"} for row in skipped]
 
 

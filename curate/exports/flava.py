@@ -24,7 +24,7 @@ import numpy as np
 
 from curate import fs
 from curate.config import ConfigError, Option, Schema
-from curate.exports.writing import WriteSizesJson, exportable, npy_bytes, shard_name, write_json
+from curate.exports.writing import WriteSizesJson, exportable, npy_bytes, progress, shard_name, write_json
 from curate.io import TarReadError, iter_tar_samples, read_parquet, sample_json, write_tar
 from curate.timing import timed
 from filters import basic
@@ -132,6 +132,7 @@ class _FlavaShardFn(beam.DoFn):
             members.append((key, fields))
         fs.makedirs(self._out_dir)
         write_tar(fs.join(self._out_dir, f"{name}.tar"), members)
+        progress(self._out_dir, f"{name}.tar", len(members))
         return f"{name}.tar", len(members)
 
 
@@ -184,6 +185,7 @@ def _write_text_only(element, out_dir: str):
     members = [(key, {"txt": caption, "json": meta}) for key, caption, meta in rows]
     fs.makedirs(out_dir)
     write_tar(fs.join(out_dir, f"{shard_id:05d}.tar"), members)
+    progress(out_dir, f"{shard_id:05d}.tar", len(members))
     yield f"{shard_id:05d}.tar", len(members)
 
 

@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from curate import fs
 from curate.config import ConfigError, Option, Schema
-from curate.exports.writing import exportable, shard_name
+from curate.exports.writing import exportable, progress, shard_name
 from curate.io import write_bytes
 from curate.timing import timed
 
@@ -49,6 +49,7 @@ class _WriteLlavaImages(beam.DoFn):
                 fs.makedirs(fs.dirname(target))
                 write_bytes(target, sample.image)
                 records.append((sample.order, conversation(sample.key, image, sample.caption, self._prompts)))
+        progress(fs.join(self._out_dir, "images"), name, len(records))
         yield 0, records
 
 

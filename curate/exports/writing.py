@@ -64,6 +64,11 @@ def shard_name(path: str) -> str:
     return fs.basename(path)[: -len(".tar")]
 
 
+def progress(out_dir: str, name: str, samples: int) -> None:
+    """One line per exported shard: long exports show where they are."""
+    log.info("exported %s/%s: %d samples", out_dir, name, samples)
+
+
 def write_json(path: str, obj) -> str:
     fs.makedirs(fs.dirname(path))
     write_bytes(path, dumps_json(obj))
@@ -108,6 +113,7 @@ class _WriteMappedShard(beam.DoFn):
             name = f"{shard_name(path)}.tar"
             fs.makedirs(self._out_dir)
             write_tar(fs.join(self._out_dir, name), members)
+        progress(self._out_dir, name, len(members))
         yield name, len(members)
 
 
