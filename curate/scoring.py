@@ -23,7 +23,7 @@ log = logging.getLogger("curate.score")
 class ClipBatch:
     """Consecutive passing samples of one input shard, preprocessed and stacked."""
     samples: list[Sample]
-    images: torch.Tensor   # (B, 3, H, W) float
+    images: torch.Tensor   # (B, 3, H, W) uint8, normalised on the model's device (clip.to_device_floats)
     tokens: torch.Tensor   # (B, context) int
 
 
@@ -107,10 +107,11 @@ def _bounded_aspect(image):
 
 
 class ClipPreprocessor:
-    """Decoded image + caption -> (image tensor, token ids), open_clip's eval preprocessing, on CPU."""
+    """Decoded image + caption -> (uint8 image tensor, token ids): open_clip's eval preprocessing on CPU,
+    up to its float conversion and normalisation, which run with the model (clip.to_device_floats)."""
 
     def __init__(self, spec: clip.ScorerSpec):
-        self._transform = clip.image_transform(spec)
+        self._transform = clip.uint8_image_transform(spec)
         self._tokenizer = clip.tokenizer(spec.model)
 
     def __call__(self, image, caption: str):

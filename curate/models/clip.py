@@ -122,6 +122,40 @@ def image_transform(spec: ScorerSpec):
     return image_transform_v2(preprocess_cfg(spec), is_train=False)
 
 
+def uint8_image_transform(spec: ScorerSpec):
+    """open_clip's eval transform without its float tail: PIL -> uint8 (3, H, W).
+
+    Its last two steps (to float in [0, 1], normalise) cost as much CPU as the resize and make the
+    tensor four times larger; ``encode`` applies them on the model's device with the same
+    arithmetic (``to_device_floats``). Falls back to the whole transform (float output) when a
+    model's transform does not end that way.
+    """
+    from torchvision.transforms import Normalize, PILToTensor
+
+    steps = list(image_transform(spec).transforms)
+    if len(steps) >= 2 and isinstance(steps[-1], Normalize) and type(steps[-2]).__name__ in (
+            "MaybeToTensor", "ToTensor"):
+        return type(image_transform(spec))(steps[:-2] + [PILToTensor()])
+    return image_transform(spec)
+
+
+@lru_cache(maxsize=8)
+def _normalisation(spec: ScorerSpec, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = preprocess_cfg(spec)
+    as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1)  # noqa: E731
+    return as_tensor(cfg.mean), as_tensor(cfg.std)
+
+
+def to_device_floats(images: torch.Tensor, spec: ScorerSpec, device: str) -> torch.Tensor:
+    """uint8 images (from ``uint8_image_transform``) -> normalised float32 on ``device``, as
+    torchvision's ToTensor + Normalize compute them; float images pass through unchanged."""
+    images = images.to(device, non_blocking=True)
+    if images.dtype != torch.uint8:
+        return images
+    mean, std = _normalisation(spec, device)
+    return images.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
 @lru_cache(maxsize=8)
 def tokenizer(model: str):
     register_demo_config()
@@ -133,7 +167,7 @@ def encode(model: torch.nn.Module, spec: ScorerSpec, images: torch.Tensor, token
     device = spec.resolved_device()
     dtype = spec.autocast_dtype()
     with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-        img = model.encode_image(images.to(device, non_blocking=True), normalize=True)
+        img = model.encode_image(to_device_floats(images, spec, device), normalize=True)
         txt = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
     return img.float().cpu().numpy(), txt.float().cpu().numpy()
 
