@@ -21,7 +21,7 @@ from curate import fs
 from curate.config import Option, Schema
 from curate.ingest import guard, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
-from curate.io import atomic_path, read_parquet, write_bytes, write_parquet
+from curate.io import read_parquet, write_bytes, write_parquet
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
 
@@ -145,11 +145,7 @@ def plan(cfg: dict) -> list[ShardTask]:
 
 
 def _write_rows(target: str, rows: pa.Table) -> None:
-    """A shard's planned rows as an uncompressed Arrow IPC (feather) file, atomically."""
-    if fs.is_local(target):
-        with atomic_path(target) as tmp:
-            feather.write_feather(rows, tmp, compression="uncompressed")
-        return
+    """A shard's planned rows as an uncompressed Arrow IPC (feather) file, atomically (local or remote)."""
     buf = pa.BufferOutputStream()
     feather.write_feather(rows, buf, compression="uncompressed")
     write_bytes(target, buf.getvalue().to_pybytes())

@@ -24,7 +24,8 @@ import numpy as np
 
 from curate import fs
 from curate.config import ConfigError, Option, Schema
-from curate.exports.writing import WriteSizesJson, exportable, npy_bytes, progress, shard_name, write_json
+from curate.exports.packing import npy_bytes
+from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
 from curate.io import TarReadError, iter_tar_samples, read_parquet, sample_json, write_tar
 from curate.timing import timed
 from filters import basic

@@ -168,9 +168,10 @@ def pack(docs: Iterable[tuple[str, np.ndarray, bool]], seq_len: int, pad: int) -
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    """``np.save`` bytes (deterministic header), as WebDataset's .npy decoder reads them."""
+    """``np.save`` bytes (deterministic header), as WebDataset's .npy decoder reads them; every
+    export's .npy members come from here."""
     buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 

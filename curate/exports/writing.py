@@ -8,7 +8,6 @@ import logging
 from typing import Iterator
 
 import apache_beam as beam
-import numpy as np
 
 from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
@@ -50,13 +49,6 @@ def image_member(sample: CuratedSample, decoded: Decoded, allowed: tuple[str, ..
     buf = io.BytesIO()
     decoded.image.save(buf, format="JPEG", quality=95)
     return "jpg", buf.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """An array as .npy bytes (webdataset's default decoder reads ``*.npy`` members with np.load)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def shard_name(path: str) -> str:
