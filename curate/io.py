@@ -102,8 +102,25 @@ class TarReadError(Exception):
     """The tar stream ended badly; samples read before the error were already yielded."""
 
 
+# Shards as webdataset reads them: plain tars and gzip-compressed ones, as many published corpora
+# ship them. iter_tar_samples decompresses on the fly; what curate writes stays .tar.
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_shard_name(path: str) -> bool:
+    """Whether ``path`` names a tar shard: ``.tar``, ``.tar.gz`` or ``.tgz``."""
+    return path.endswith(SHARD_SUFFIXES)
+
+
+def shard_stem(path: str) -> str:
+    """``/x/00003.tar``, ``00003.tar.gz`` or ``gs://b/00003.tgz`` -> ``00003``; other names unchanged."""
+    name = fs.basename(path)
+    suffix = next((s for s in SHARD_SUFFIXES if name.endswith(s)), "")
+    return name[: len(name) - len(suffix)]
+
+
 def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream ``(key, {ext: bytes})`` from a WebDataset tar, one sample at a time.
+    """Stream ``(key, {ext: bytes})`` from a WebDataset tar (plain or gzip-compressed), one sample at a time.
 
     Only regular files count: directories, links and devices are skipped, so a hostile tar
     cannot point a reader anywhere. Raises TarReadError when the stream is corrupt or truncated.

@@ -72,8 +72,9 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", required=True, help="which pipeline to run (listed below)")
     ap.add_argument("--config", help="YAML file overriding the pipeline's default config")
-    ap.add_argument("--input", help="raw shards: a folder, a glob or a .tar (default: the built-in sample corpus); "
-                    "ingest and laion_filter also take a URL table (.parquet, .csv, .tsv, .jsonl, or a folder)")
+    ap.add_argument("--input", help="raw shards: a folder, a glob or one .tar, .tar.gz or .tgz (default: the built-in "
+                    "sample corpus); ingest and laion_filter also take a URL table (.parquet, .csv, .tsv, .jsonl, "
+                    "or a folder)")
     ap.add_argument("--output", help="output folder (default from the config)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one config key, e.g. --set select.clip_threshold=0.3 (repeatable)")

@@ -14,7 +14,16 @@ import apache_beam as beam
 import pyarrow as pa
 
 from curate import fs
-from curate.io import TarReadError, is_safe_key, iter_tar_samples, sample_json, write_bytes, write_parquet, write_tar
+from curate.io import (
+    TarReadError,
+    is_safe_key,
+    is_shard_name,
+    iter_tar_samples,
+    sample_json,
+    write_bytes,
+    write_parquet,
+    write_tar,
+)
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
 from curate.timing import add_time
@@ -27,15 +36,15 @@ DUPLICATE_KEY = "duplicate_key"
 
 
 def list_input_shards(spec: str) -> list[str]:
-    """A folder, a glob or a single .tar (local or gs://, s3://, ...) -> sorted tar paths.
-    Raises ValueError if none match."""
+    """A folder, a glob or a single shard (local or gs://, s3://, ...) -> tar paths sorted by path;
+    ``.tar``, ``.tar.gz`` and ``.tgz`` may be mixed. Raises ValueError if none match."""
     if fs.isdir(spec):
-        paths = fs.glob(fs.join(spec, "*.tar"))
+        paths = [p for p in fs.glob(fs.join(spec, "*")) if is_shard_name(p)]
     else:
-        paths = [p for p in fs.glob(spec) if p.endswith(".tar")] if any(c in spec for c in "*?[") else (
+        paths = [p for p in fs.glob(spec) if is_shard_name(p)] if any(c in spec for c in "*?[") else (
             [spec] if fs.isfile(spec) else [])
     if not paths:
-        raise ValueError(f"no .tar shards found at {spec!r}")
+        raise ValueError(f"no .tar, .tar.gz or .tgz shards found at {spec!r}")
     return sorted(fs.abspath(p) for p in paths)
 
 

@@ -23,7 +23,8 @@ from filters.sample import decode_sample
 DESCRIPTION = "CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)"
 
 INPUT_SCHEMA: Schema = {
-    "input": Option(str, "raw shards: a folder, a glob or a .tar; null = the built-in sample corpus", nullable=True),
+    "input": Option(str, "raw shards: a folder, a glob or one .tar, .tar.gz or .tgz; null = the built-in sample corpus",
+                    nullable=True),
     "output": Option(str, "output folder"),
     "sample_corpus.samples": Option(int, "size of the built-in sample corpus", min=1),
     "sample_corpus.seed": Option(int, "seed of the built-in sample corpus"),

@@ -24,7 +24,7 @@ def test_help_lists_pipelines_and_configs():
     (["--pipeline", "nope"], "unknown pipeline 'nope'; choose one of: "),  # the names follow, sorted
     (["--pipeline", "laion_filter", "--set", "filters.min_size=3"], "unknown key 'filters.min_size'"),
     (["--pipeline", "laion_filter", "--set", "dedup.near_threshold=1.5"], "dedup.near_threshold must be"),
-    (["--pipeline", "laion_filter", "--input", "/nonexistent/shards"], "no .tar shards found"),
+    (["--pipeline", "laion_filter", "--input", "/nonexistent/shards"], "no .tar, .tar.gz or .tgz shards found"),
     (["--pipeline", "laion_filter", "--set", "scorer.model=ViT-Nope"], "unknown open_clip model 'ViT-Nope'"),
     (["--pipeline", "laion_filter", "--set", "scorer.model=ViT-B-32", "--set", "scorer.pretrained=nope"],
      "neither a file nor a known tag of ViT-B-32"),

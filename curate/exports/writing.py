@@ -11,7 +11,7 @@ import apache_beam as beam
 
 from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
-from curate.io import TarReadError, dumps_json, write_bytes, write_tar
+from curate.io import TarReadError, dumps_json, shard_stem, write_bytes, write_tar
 from curate.shards import write_sizes
 from curate.timing import timed
 from filters.image import Decoded, decode_image
@@ -52,8 +52,9 @@ def image_member(sample: CuratedSample, decoded: Decoded, allowed: tuple[str, ..
 
 
 def shard_name(path: str) -> str:
-    """``/x/OUT/shards/00003.tar`` -> ``00003``: exported shards keep the curated shard's number."""
-    return fs.basename(path)[: -len(".tar")]
+    """``/x/OUT/shards/00003.tar`` (or ``.tar.gz``, ``.tgz``) -> ``00003``: exported shards keep the
+    curated shard's number."""
+    return shard_stem(path)
 
 
 def progress(out_dir: str, name: str, samples: int) -> None:

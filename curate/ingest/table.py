@@ -20,6 +20,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from curate import fs
+from curate.io import is_shard_name
 
 FORMATS = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz", "jsonl", "jsonl.gz")
 # Written by img2dataset's Downloader for every row; an input column of that name would be lost.
@@ -48,12 +49,13 @@ def list_tables(spec: str) -> list[str]:
 
 
 def is_url_table(spec: str | None) -> bool:
-    """True when ``spec`` names URL tables rather than raw shards (a folder holding .tar files is shards)."""
+    """True when ``spec`` names URL tables rather than raw shards (a folder holding .tar, .tar.gz or
+    .tgz files is shards, even with img2dataset's NNNNN.parquet beside them)."""
     if spec is None:
         return False
     if fs.isdir(spec):
-        return not fs.glob(fs.join(spec, "*.tar")) and bool(
-            [p for p in fs.glob(fs.join(spec, "*")) if table_format(p)])
+        names = fs.glob(fs.join(spec, "*"))
+        return not any(is_shard_name(p) for p in names) and any(table_format(p) for p in names)
     return table_format(spec) is not None
 
 
