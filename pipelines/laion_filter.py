@@ -31,7 +31,8 @@ SCHEMA: Schema = {
     "save_embeddings": Option(bool, "write OUT/embeddings (clip-retrieval layout) for later re-selection"),
     "filters.min_image_size": Option(int, "drop images whose shorter side is below this (px)", min=0),
     "filters.max_aspect_ratio": Option(float, "drop images whose long/short side ratio exceeds this", min=1),
-    "filters.min_caption_words": Option(int, "drop captions with fewer words", min=0),
+    "filters.min_caption_words": Option(int, "drop captions with fewer words (scripts without spaces: "
+                                      "letters per word, see filters/basic.py)", min=0),
     "filters.min_caption_chars": Option(int, "drop captions with fewer characters", min=0),
     "filters.boilerplate_captions": Option(bool, "drop file-name and web-boilerplate captions"),
     **score.SCORER_SCHEMA,
@@ -41,8 +42,6 @@ SCHEMA: Schema = {
                                     min=-1, max=1),
     "select.language_thresholds": Option(dict, "mode language: threshold per language code; 'default' for "
                                          "the others and for unknown languages", min=-1, max=1),
-    "select.detect_language": Option(bool, "mode language: detect the caption's language (py3langid) when "
-                                     "the sample's json has none"),
     "select.fraction": Option(float, "mode fraction: keep this share of the scored, filtered corpus",
                               min=0, max=1),
     "dedup.exact": Option(bool, "drop samples whose image bytes repeat (sha256)"),
@@ -81,19 +80,20 @@ class BasicFilters(beam.DoFn):
 
 
 class ThresholdFn(beam.DoFn):
-    """Absolute threshold, or a threshold per language (the language detected when not recorded)."""
+    """Absolute threshold, or a threshold per language: the language set when decoding, detected here
+    only for stored scores that hold none (into the decision row; the sample is not changed)."""
 
     def __init__(self, threshold: float, language_thresholds: dict | None = None, detect: bool = False):
         self._threshold, self._by_language, self._detect = threshold, language_thresholds, detect
 
     def process(self, sample):
-        threshold = self._threshold
+        threshold, language = self._threshold, sample.language
         if self._by_language is not None:
-            sample.language = select.language_of(sample, self._detect)
-            threshold = select.language_threshold(sample.language, self._by_language)
+            language = select.language_of(sample, self._detect)
+            threshold = select.language_threshold(language, self._by_language)
         reason = select.below_threshold(sample, threshold)
         if reason:
-            yield DECISIONS, decision(sample, False, CLIP_SCORE, reason, clip_threshold=threshold)
+            yield DECISIONS, decision(sample, False, CLIP_SCORE, reason, clip_threshold=threshold, language=language)
         else:
             yield MAIN, sample
 

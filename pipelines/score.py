@@ -32,6 +32,8 @@ INPUT_SCHEMA: Schema = {
 }
 SCORER_SCHEMA: Schema = {
     "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs)", min=1),
+    "select.detect_language": Option(bool, "detect the caption's language (py3langid) when the sample's json "
+                                     "has none; recorded in the decisions and used by mode language"),
     "scorer.model": Option(str, "open_clip model name (open_clip.list_models()) or curate-demo-64"),
     "scorer.pretrained": Option(str, "'demo', an open_clip pretrained tag, a local checkpoint path, or 'random'"),
     "scorer.batch_size": Option(int, "images per model call", min=1),
@@ -55,8 +57,10 @@ class ShardToClipBatches(beam.DoFn):
     and every output behind them. Decoding and preprocessing run here, on CPU, before batching.
     """
 
-    def __init__(self, spec: ScorerSpec, batch_size: int, max_image_pixels: int, total_shards: int):
+    def __init__(self, spec: ScorerSpec, batch_size: int, max_image_pixels: int, total_shards: int,
+                 detect_language: bool = True):
         self._spec, self._n, self._max_pixels, self._total = spec, batch_size, max_image_pixels, total_shards
+        self._detect_language = detect_language
 
     def setup(self):
         self._preprocess = ClipPreprocessor(self._spec)
@@ -68,7 +72,7 @@ class ShardToClipBatches(beam.DoFn):
                 yield tag, value
                 continue
             with timed("decode"):
-                verdict = decode_sample(value, self._max_pixels)
+                verdict = decode_sample(value, self._max_pixels, detect_language=self._detect_language)
             if verdict.reason:
                 yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
                 continue
@@ -94,7 +98,8 @@ class ScoreRawShards(beam.PTransform):
             | "ListShards" >> beam.Create(list(enumerate(self._paths)))
             | "Spread" >> beam.Reshuffle()
             | "ReadDecodePreprocess" >> beam.ParDo(ShardToClipBatches(
-                spec, cfg["scorer.batch_size"], cfg["filters.max_image_pixels"], len(self._paths))),
+                spec, cfg["scorer.batch_size"], cfg["filters.max_image_pixels"], len(self._paths),
+                detect_language=cfg["select.detect_language"])),
             "ReadDecodePreprocess", "batches")
         scored = prepared.batches | "ClipScore" >> ScoreWithClip(spec, self._threads)
         return SimpleNamespace(samples=scored, decisions=prepared.decisions)
