@@ -2,7 +2,7 @@
 
     OUT/embeddings/img_emb/img_emb_P.npy     float16, L2-normalised, one row per scored sample
     OUT/embeddings/text_emb/text_emb_P.npy   float16, L2-normalised, rows aligned with img_emb
-    OUT/embeddings/metadata/metadata_P.parquet  key, caption, language, sizes, sha256, clip_score,
+    OUT/embeddings/metadata/metadata_P.parquet  key, caption, language, sizes, sha256, phash, clip_score,
                                              where the sample sits in its input shard, and its url
 
 P is the index of the input shard, so autofaiss and clip-retrieval can index the folders as they are.
@@ -17,6 +17,7 @@ import re
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate import fs
 from curate.io import read_parquet, write_bytes, write_parquet
@@ -25,7 +26,7 @@ from curate.records import DECISION_SCHEMA, DECODE, READ, Sample, stable
 
 METADATA_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("clip_score", pa.float32()),
+    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()), ("clip_score", pa.float32()),
     ("image_ext", pa.string()), ("shard_index", pa.int64()), ("source_shard", pa.string()),
     ("source_index", pa.int64()), ("url", pa.string()),
 ])
@@ -42,7 +43,7 @@ def write_part(emb_dir: str, part: int, samples: list[Sample]) -> None:
         write_bytes(fs.join(emb_dir, sub, f"{prefix}_{part}.npy"), buf.getvalue())
     table = pa.Table.from_pylist([{
         "key": s.key, "caption": s.caption, "language": s.language, "width": s.width, "height": s.height,
-        "sha256": s.sha256, "clip_score": s.clip_score, "image_ext": s.image_ext, "shard_index": s.shard_index,
+        "sha256": s.sha256, "phash": s.phash, "clip_score": s.clip_score, "image_ext": s.image_ext, "shard_index": s.shard_index,
         "source_shard": s.shard_path, "source_index": s.member_index, "url": s.url} for s in samples], schema=METADATA_SCHEMA)
     fs.makedirs(fs.join(emb_dir, "metadata"))
     write_parquet(fs.join(emb_dir, "metadata", f"metadata_{part}.parquet"), table)
@@ -59,7 +60,7 @@ def read_part(emb_dir: str, part: int) -> list[Sample]:
         raise ValueError(f"{emb_dir}: part {part} has {len(meta)} metadata rows but {len(img)}/{len(txt)} embeddings")
     return [Sample(key=m["key"], shard_index=m["shard_index"], shard_path=m["source_shard"],
                    member_index=m["source_index"], image_ext=m["image_ext"], caption=m["caption"],
-                   language=m["language"], width=m["width"], height=m["height"], sha256=m["sha256"],
+                   language=m["language"], width=m["width"], height=m["height"], sha256=m["sha256"], phash=m.get("phash"),
                    clip_score=None if m["clip_score"] is None else stable(m["clip_score"]), url=m.get("url"),
                    image_embedding=img[i], text_embedding=txt[i]) for i, m in enumerate(meta)]
 
@@ -74,6 +75,15 @@ def list_parts(run_dir: str) -> list[int]:
     parts = {int(re.search(r"metadata_(\d+)\.parquet$", n).group(1)) for n in names}
     parts |= {int(fs.basename(n)[:-8]) for n in fs.glob(fs.join(run_dir, "decisions", "[0-9]*.parquet"))}
     return sorted(parts)
+
+
+def stored_hashes(run_dir: str) -> bool:
+    """Whether a run's stored metadata has the perceptual-hash column (stores before it do not)."""
+    names = sorted(fs.glob(fs.join(run_dir, "embeddings", "metadata", "metadata_*.parquet")))
+    if not names:
+        return True  # nothing stored: nothing to miss
+    with fs.open(names[0], "rb") as f:
+        return "phash" in pq.read_schema(f).names
 
 
 def check_store(run_dir: str) -> None:

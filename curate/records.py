@@ -54,6 +54,7 @@ class Sample:
     image_embedding: np.ndarray | None = field(default=None, repr=False)
     text_embedding: np.ndarray | None = field(default=None, repr=False)
     url: str | None = None  # the input json's url (exact dedup on url + caption)
+    phash: str | None = None  # perceptual hash of the image, 16 hex digits (filters.phash)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -74,11 +75,13 @@ DECISION_SCHEMA = pa.schema([
     ("language", pa.string()),
     ("caption_chars", pa.int32()),
     ("sha256", pa.string()),
+    ("phash", pa.string()),           # perceptual hash of the image (16 hex digits)
     ("clip_score", pa.float32()),
     ("clip_threshold", pa.float32()),
     ("dup_group", pa.string()),       # "sha256:<hex>", "url_caption:<hash>", "near:<kept key>", "semdedup:<kept key>", "eval:<item>"
     ("kept_instead", pa.string()),    # for a dropped duplicate: the key kept in its place
-    ("dup_similarity", pa.float32()),  # cosine to the kept sample (near duplicates)
+    ("dup_similarity", pa.float32()),  # image-embedding cosine to the kept sample (duplicates)
+    ("dup_hash_distance", pa.int32()),  # perceptual-hash distance to the kept sample (duplicates)
 ])
 
 
@@ -91,7 +94,7 @@ def decision(sample: Sample | RawSample, kept: bool, stage: str, reason: str | N
     if isinstance(sample, Sample):
         row.update(width=sample.width, height=sample.height, language=sample.language,
                    caption_chars=None if sample.caption is None else len(sample.caption),
-                   sha256=sample.sha256, clip_score=sample.clip_score)
+                   sha256=sample.sha256, phash=sample.phash, clip_score=sample.clip_score)
     unknown = set(values) - set(row)
     if unknown:
         raise KeyError(f"not decision columns: {sorted(unknown)}")

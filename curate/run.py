@@ -210,6 +210,7 @@ def run(argv=None) -> dict:
     from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
     from curate.embeddings import check_store
+    from curate import guard_rails
     from curate.report import count_decisions, summary, write_report
     from curate.timing import stage_seconds
     from curate.shards import list_input_shards, write_sizes
@@ -252,7 +253,8 @@ def run(argv=None) -> dict:
     if prepare_output(out, args.overwrite, run_id):
         log.info("resuming the interrupted run in %s", out)
     log.info("output folder: %s", out)
-    if cfg["input"] is None and not reuse:
+    builtin_input = cfg["input"] is None and not reuse
+    if builtin_input:
         cfg["input"] = sample_corpus(out, cfg)
 
     t0 = time.time()
@@ -276,8 +278,9 @@ def run(argv=None) -> dict:
         if not fs.exists(fs.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
             write_sizes(shard_dir, {})
         shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
-    report = write_report(out, args.pipeline, cfg, count_decisions(fs.join(out, "decisions")), wall,
-                          stage_seconds(result), shards, options.view_as(StandardOptions).runner)
+    counts = count_decisions(fs.join(out, "decisions"))
+    report = write_report(out, args.pipeline, cfg, counts, wall, stage_seconds(result), shards,
+                          options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, builtin_input))
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     return report
 

@@ -113,7 +113,7 @@ SHARD_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
     ("clip_score", pa.float32()), ("width", pa.int32()), ("height", pa.int32()),
     ("sha256", pa.string()), ("url", pa.string()), ("source_shard", pa.string()),
-    ("source_index", pa.int64()),
+    ("source_index", pa.int64()), ("phash", pa.string()),
 ])
 
 
@@ -176,7 +176,7 @@ class WriteShardFn(beam.DoFn):
             rows.append({"key": s.key, "caption": s.caption, "language": s.language,
                          "clip_score": s.clip_score, "width": s.width, "height": s.height,
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
-                         "source_shard": s.shard_path, "source_index": s.member_index})
+                         "source_shard": s.shard_path, "source_index": s.member_index, "phash": s.phash})
         name = f"{shard_id:05d}"
         fs.makedirs(self._out_dir)
         write_tar(fs.join(self._out_dir, f"{name}.tar"), members)

@@ -1,20 +1,19 @@
-"""Corpus-wide duplicate removal: exact (same image bytes, same url + caption) and near (close CLIP
-image embeddings).
+"""Corpus-wide duplicate removal: exact (same image bytes, same url + caption) and near (a
+perceptual-hash distance, an image-embedding cosine, or both: ``NearRule``).
 
-Keep rule, the same for every kind and independent of processing order: within a duplicate group
-keep the sample with the highest CLIP score, then the smallest key, then the earliest input position.
-Every other member is dropped and names the key kept in its place.
-
-Near duplicates are pairs whose image-embedding cosine (to 4 decimals, ``records.stable``) is at
-least ``threshold``. Pairs are joined into groups by connected components, so a chain a~b, b~c is
-one group even when a and c are not close themselves; exactly one sample of the whole chain is kept.
+Keep rule, the same for every kind and independent of processing order: visit samples by rank
+(highest CLIP score, then smallest key, then earliest input position) and keep each one unless a
+sample already kept is its duplicate; it then names that kept sample. For exact duplicates this
+keeps the best-ranked copy of each group. For near duplicates it means chains cannot form: in
+a~b~c with a and c not near, a and c are both kept, and a dropped sample is always within the rule
+of the sample it names (``resolve_group``).
 
 Large corpora are searched cluster by cluster (an IVF layout built by hand so that it maps onto Beam
-groups): k-means centroids are trained on a sample, every embedding goes to its ``m`` nearest
+groups): k-means centroids are trained on a sample, every vector goes to its ``m`` nearest
 centroids, and pairs are searched exactly within each cluster. A pair is found when both members
-share a cluster; sending each embedding to two clusters catches pairs that straddle a border
+share a cluster; sending each vector to two clusters catches pairs that straddle a border
 (``benchmarks/dedup_scale.py`` measures the recall). Small corpora (``flat_max`` and below) form one
-cluster: an exact flat search.
+cluster: an exact flat search. Hashes are searched the same way, as +-1/8 vectors (``filters.phash``).
 """
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curate.records import Sample, stable
+from filters import phash
 
 EXACT_DUPLICATE = "exact_duplicate"
 URL_CAPTION_DUPLICATE = "duplicate_url_caption"
@@ -50,9 +50,10 @@ class Duplicate:
     sample: Sample
     kept: Sample
     group: str
-    similarity: float | None = None
+    similarity: float | None = None   # image-embedding cosine to ``kept``
     reason: str = EXACT_DUPLICATE
     stage: str = "exact_dedup"
+    distance: int | None = None       # perceptual-hash distance to ``kept``
 
 
 def exact_duplicates(group: list[Sample], label: str | None = None, reason: str = EXACT_DUPLICATE,
@@ -232,57 +233,127 @@ def near_pairs(x: np.ndarray, threshold: float, ranks: np.ndarray, flat_max: int
     return clustered_pairs(x, threshold, assign(x, centroids, assignments, border))
 
 
-# --- near duplicates: groups and the keep rule -------------------------------------------------
+# --- near duplicates: the rule, the pairs and the keep rule -------------------------------------
 
-def keep_one_per_group(samples: list[Sample], label: str = "near") -> tuple[Sample, list[Duplicate]]:
-    """One connected group of near duplicates: keep one by the keep rule, the rest name it."""
-    best = min(samples, key=keep_rank)
-    dropped = []
-    for s in sorted(samples, key=lambda s: s.order):
-        if s is not best:
-            sim = stable(np.dot(np.asarray(s.image_embedding, np.float32), np.asarray(best.image_embedding, np.float32)))
-            dropped.append(Duplicate(s, best, f"{label}:{best.key}", sim, NEAR_DUPLICATE, "near_dedup"))
-    return best, dropped
+NEAR_METHODS = ("phash", "clip", "both", "either")
+PHASH, CLIP = "phash", "clip"  # the two search spaces
 
 
-def near_duplicates(samples: list[Sample], threshold: float) -> tuple[list[Sample], list[Duplicate]]:
-    """Group samples whose image embeddings are within ``threshold`` cosine; keep one per group.
+@dataclass(frozen=True)
+class NearRule:
+    """When two images are near duplicates.
 
-    Exact flat search over all pairs: the in-memory reference the clustered Beam step must match.
+    ``phash``: Hamming distance of their perceptual hashes <= ``max_distance`` (a copy signal; needs
+    no model). ``clip``: image-embedding cosine >= ``threshold`` (a semantic signal: as good as the
+    scorer). ``both``: both say so. ``either``: one of them says so.
+    """
+    method: str = "both"
+    threshold: float = 0.96
+    max_distance: int = 10
+
+    def spaces(self) -> tuple[str, ...]:
+        """The spaces searched for candidate pairs (``both`` searches hashes and checks cosines)."""
+        return {PHASH: (PHASH,), CLIP: (CLIP,), "both": (PHASH,), "either": (PHASH, CLIP)}[self.method]
+
+    def search_threshold(self, space: str) -> float:
+        return phash.cosine_at(self.max_distance) if space == PHASH else self.threshold
+
+    def matches(self, similarity: float | None, distance: int | None) -> bool:
+        by_hash = distance is not None and distance <= self.max_distance
+        by_clip = similarity is not None and similarity >= self.threshold
+        return {PHASH: by_hash, CLIP: by_clip, "both": by_hash and by_clip, "either": by_hash or by_clip}[self.method]
+
+
+def search_vector(sample: Sample, space: str) -> np.ndarray | None:
+    """The vector a sample is searched by in ``space``; None when it has no such signal."""
+    if space == PHASH:
+        return None if sample.phash is None else phash.to_vector(sample.phash)
+    return None if sample.image_embedding is None else np.asarray(sample.image_embedding, np.float32)
+
+
+def measures(a_emb, a_hash: str | None, b_emb, b_hash: str | None) -> tuple[float | None, int | None]:
+    """(embedding cosine to 4 decimals, hash distance) of two images; None where a signal is missing."""
+    sim = None
+    if a_emb is not None and b_emb is not None:
+        sim = stable(np.dot(np.asarray(a_emb, np.float32), np.asarray(b_emb, np.float32)))
+    return sim, (phash.distance(a_hash, b_hash) if a_hash and b_hash else None)
+
+
+@dataclass(frozen=True)
+class NearPair:
+    """Two input positions (a < b) that the rule calls near duplicates, with both measures."""
+    a: tuple
+    b: tuple
+    similarity: float | None
+    distance: int | None
+
+
+def rule_pairs(samples: list[Sample], rule: NearRule) -> list[NearPair]:
+    """Every pair of ``samples`` that the rule calls near duplicates: exact search in each space the
+    rule names, then both measures checked on each candidate. The in-memory form of the Beam step."""
+    found = {}
+    for space in rule.spaces():
+        rows = [(s, v) for s in samples if (v := search_vector(s, space)) is not None]
+        if len(rows) < 2:
+            continue
+        i, j, _ = pairs_above(np.stack([v for _, v in rows]), rule.search_threshold(space))
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            sa, sb = sorted((rows[a][0], rows[b][0]), key=lambda s: s.order)
+            sim, dist = measures(sa.image_embedding, sa.phash, sb.image_embedding, sb.phash)
+            if rule.matches(sim, dist):
+                found[(sa.order, sb.order)] = NearPair(sa.order, sb.order, sim, dist)
+    return [found[k] for k in sorted(found)]
+
+
+def resolve_group(samples: list[Sample], pairs) -> tuple[list[Sample], list[Duplicate]]:
+    """Greedy keep rule over a group of near duplicates; it cannot chain.
+
+    ``pairs``: (order, order) of the samples the rule calls near duplicates (``NearPair``s do).
+    Samples are visited by the keep rule's rank (highest CLIP score, then smallest key, then earliest
+    position); one is dropped only when a sample already KEPT is its near duplicate, and it names the
+    best-ranked such sample. In a chain a~b~c where a and c are not near, a and c are both kept (if a
+    ranks first). Every dropped sample is within the rule of the sample it names, by construction,
+    and the result does not depend on processing order.
+    """
+    neighbours: dict[tuple, set] = {}
+    for a, b in pairs:
+        neighbours.setdefault(tuple(a), set()).add(tuple(b))
+        neighbours.setdefault(tuple(b), set()).add(tuple(a))
+    place: dict[tuple, int] = {}  # kept sample's order -> its index in ``kept``
+    kept, dropped = [], []
+    for s in sorted(samples, key=keep_rank):
+        best = min((place[o] for o in neighbours.get(s.order, ()) if o in place), default=None)
+        if best is None:
+            place[s.order] = len(kept)
+            kept.append(s)
+            continue
+        k = kept[best]
+        sim, dist = measures(s.image_embedding, s.phash, k.image_embedding, k.phash)
+        dropped.append(Duplicate(s, k, f"near:{k.key}", sim, NEAR_DUPLICATE, "near_dedup", dist))
+    kept.sort(key=lambda s: s.order)
+    dropped.sort(key=lambda d: d.sample.order)
+    return kept, dropped
+
+
+def near_duplicates(samples: list[Sample], rule: NearRule) -> tuple[list[Sample], list[Duplicate]]:
+    """Near duplicates of an in-memory corpus: exact flat search, then the greedy keep rule.
+
+    The reference the clustered Beam step must match.
     """
     if len(samples) < 2:
         return list(samples), []
     samples = sorted(samples, key=lambda s: s.order)  # fixed row order: results never depend on arrival
-    emb = np.stack([s.image_embedding for s in samples]).astype(np.float32)
-    i, j, _s = pairs_above(emb, threshold)
-    labels = components(len(samples), i, j)
-    members: dict[int, list[Sample]] = {}
-    for idx, label in enumerate(labels):
-        members.setdefault(int(label), []).append(samples[idx])
-    kept, dropped = [], []
-    for group in members.values():
-        best, dups = keep_one_per_group(group)
-        kept.append(best)
-        dropped.extend(dups)
-    return kept, dropped
+    return resolve_group(samples, [(p.a, p.b) for p in rule_pairs(samples, rule)])
 
 
 def follow(followers: list[Duplicate], dropped: Duplicate) -> list[Duplicate]:
     """Duplicates that named ``dropped.sample`` (dropped at an earlier step) re-point to the sample
     kept in its place and join its group, so every dropped duplicate names a sample in the output.
-    Their similarity is their own cosine to that sample when both embeddings are at hand, else the
-    one of the sample they followed (an exact twin is as close as the sample it copies)."""
+    Their measures are their own to that sample where both signals are at hand, else those of the
+    sample they followed (an exact twin is as close as the sample it copies)."""
     out = []
     for d in followers:
-        sim = dropped.similarity
-        if d.sample.image_embedding is not None and dropped.kept.image_embedding is not None:
-            sim = stable(np.dot(np.asarray(d.sample.image_embedding, np.float32),
-                                np.asarray(dropped.kept.image_embedding, np.float32)))
-        out.append(Duplicate(d.sample, dropped.kept, dropped.group, sim, d.reason, d.stage))
+        sim, dist = measures(d.sample.image_embedding, d.sample.phash, dropped.kept.image_embedding, dropped.kept.phash)
+        out.append(Duplicate(d.sample, dropped.kept, dropped.group, dropped.similarity if sim is None else sim,
+                             d.reason, d.stage, dropped.distance if dist is None else dist))
     return out
-
-
-def follow_to_kept(exact: list[Duplicate], near_dropped: list[Duplicate]) -> list[Duplicate]:
-    """Re-point exact duplicates whose kept sample was then dropped as a near duplicate."""
-    moved = {d.sample.order: d for d in near_dropped}
-    return [follow([d], moved[d.kept.order])[0] if d.kept.order in moved else d for d in exact]

@@ -4,7 +4,10 @@ No worker holds every embedding (above ``near_flat_max`` samples): a first pass 
 centroids on a hashed sample of the embeddings, a second keys each embedding by its nearest
 centroid (and by the next one when it lies near that border), groups by cluster and searches pairs
 exactly within each group. Only the pairs (two input positions each) meet on one worker, to be
-joined into connected components; the members of each group then meet by group to keep one.
+joined into connected components; the members of each group then meet by group.
+
+Near duplicates are resolved per connected group by the greedy keep rule (``dedup.resolve_group``):
+the group's members meet its pairs, so the rule sees exactly the pairs the search found.
 
 Elements between the steps are entries ``(sample, followers)``: a sample still in the running and
 the duplicates dropped in its favour so far. When a sample is dropped at a later step, its
@@ -25,11 +28,20 @@ from curate.config import ConfigError, Option, Schema
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import NEAR_DEDUP, decision
 from curate.timing import timed
-from filters import decontaminate, dedup, semdedup
+from filters import decontaminate, dedup, phash, semdedup
 
 log = logging.getLogger("curate")
 
 SCHEMA: Schema = {
+    "dedup.near_method": Option(str, "the near-duplicate signal: phash (perceptual-hash distance, a copy signal, "
+                                "no model), clip (image-embedding cosine, as good as the scorer), both (both "
+                                "agree), either (one of them)", choices=dedup.NEAR_METHODS),
+    "dedup.phash_max_distance": Option(int, "perceptual-hash Hamming distance (of 64 bits) at or below which "
+                                       "two images are near duplicates", min=0, max=64),
+    "dedup.phash_assignments": Option(int, "clusters a hash may join when hashes are searched by clusters "
+                                      "(above near_flat_max samples)", min=1, max=8),
+    "dedup.phash_border": Option(float, "a hash joins a further cluster when its centroid similarity is within "
+                                 "this of the nearest one's (hash vectors: cosine = 1 - distance/32)", min=0, max=2),
     "dedup.url_caption": Option(bool, "drop samples whose normalised (url, caption) pair repeats"),
     "dedup.near_flat_max": Option(int, "up to this many samples, one exact search over all pairs; above, "
                                   "k-means clusters searched one by one", min=2),
@@ -60,6 +72,10 @@ class DedupParams:
     url_caption: bool = False
     near: bool = True
     near_threshold: float = 0.96
+    near_method: str = "both"
+    phash_max_distance: int = 10
+    phash_assignments: int = 3
+    phash_border: float = 0.3
     near_flat_max: int = 50_000
     near_assignments: int = 2
     near_border: float = 0.1
@@ -72,14 +88,27 @@ class DedupParams:
     @classmethod
     def from_config(cls, cfg: dict) -> DedupParams:
         return cls(cfg["dedup.exact"], cfg["dedup.url_caption"], cfg["dedup.near"], cfg["dedup.near_threshold"],
+                   cfg["dedup.near_method"], cfg["dedup.phash_max_distance"], cfg["dedup.phash_assignments"],
+                   cfg["dedup.phash_border"],
                    cfg["dedup.near_flat_max"], cfg["dedup.near_assignments"], cfg["dedup.near_border"],
                    cfg["dedup.semdedup.enabled"], cfg["dedup.semdedup.eps"], cfg["dedup.semdedup.target_fraction"],
                    cfg["dedup.semdedup.keep"], cfg["dedup.semdedup.seed"])
 
+    @property
+    def near_rule(self) -> dedup.NearRule:
+        return dedup.NearRule(self.near_method, self.near_threshold, self.phash_max_distance)
+
+    def routing(self, space: str) -> tuple[int, float]:
+        """(clusters per vector, border) of the clustered search in ``space``: hash pairs lie farther
+        apart (cosine 0.69 at distance 10) than embedding pairs (0.96), so they need wider borders."""
+        if space == dedup.PHASH:
+            return self.phash_assignments, self.phash_border
+        return self.near_assignments, self.near_border
+
 
 def duplicate_decision(d: dedup.Duplicate) -> dict:
     return decision(d.sample, False, d.stage, d.reason, dup_group=d.group,
-                    kept_instead=d.kept.key, dup_similarity=d.similarity)
+                    kept_instead=d.kept.key, dup_similarity=d.similarity, dup_hash_distance=d.distance)
 
 
 def absorb(kept_entry, dropped: list[tuple[dedup.Duplicate, list[dedup.Duplicate]]]):
@@ -90,6 +119,17 @@ def absorb(kept_entry, dropped: list[tuple[dedup.Duplicate, list[dedup.Duplicate
         followers.append(d)
         followers.extend(dedup.follow(its_followers, d))
     return sample, followers
+
+
+def kept_entries(entries, kept, dups: list[dedup.Duplicate]):
+    """A group's entries after a keep rule: one entry per kept sample, with the samples dropped in
+    its favour (and their own followers) as its followers."""
+    followers_of = {e[0].order: e[1] for e in entries}
+    by_kept: dict[tuple, list] = {}
+    for d in dups:
+        by_kept.setdefault(d.kept.order, []).append((d, followers_of[d.sample.order]))
+    for s in kept:
+        yield absorb((s, followers_of[s.order]), by_kept.get(s.order, []))
 
 
 # --- exact ------------------------------------------------------------------------------------
@@ -141,17 +181,18 @@ def _count(pcoll, label: str):
 class _TrainingCandidate(beam.DoFn):
     """Entries whose hash rank falls in the training sample (oversampled; trimmed when training)."""
 
-    def __init__(self, flat_max: int):
-        self._flat_max = flat_max
+    def __init__(self, flat_max: int, space: str):
+        self._flat_max, self._space = flat_max, space
 
     def process(self, entry, n):
         k = dedup.cluster_count(n, self._flat_max)
         if k == 1:
             return
         s = entry[0]
+        vector = dedup.search_vector(s, self._space)
         rank = dedup.training_rank(s.key, s.order)
-        if rank < 2**64 * min(1.0, 1.5 * k * dedup.TRAIN_PER_CENTROID / n):
-            yield 0, (rank, s.order, np.asarray(s.image_embedding, np.float16))
+        if vector is not None and rank < 2**64 * min(1.0, 1.5 * k * dedup.TRAIN_PER_CENTROID / n):
+            yield 0, (rank, s.order, vector.astype(np.float16))
 
 
 class _Train(beam.DoFn):
@@ -162,24 +203,25 @@ class _Train(beam.DoFn):
         _, rows = element
         k = dedup.cluster_count(n, self._flat_max)
         rows = sorted(rows, key=lambda r: (r[0], r[1]))[:k * dedup.TRAIN_PER_CENTROID]
-        log.info("near dedup: %d samples: k-means with %d centroids (trained on %d sampled embeddings), then "
+        log.info("near dedup: %d samples: k-means with %d centroids (trained on %d sampled vectors), then "
                  "an exact search within each cluster", n, k, len(rows))
         with timed("train_centroids"):
             yield dedup.train_centroids(np.stack([r[2] for r in rows]), k)
 
 
 class TrainCentroids(beam.PTransform):
-    """Entries -> one element: (k, d) centroids, or nothing when the corpus is small enough for one
-    exact flat search (read it with ``beam.pvalue.AsSingleton(..., default_value=None)``)."""
+    """Entries -> one element: (k, d) centroids of their vectors in ``space`` (image embeddings or
+    hash vectors), or nothing when the corpus is small enough for one exact flat search (read it with
+    ``beam.pvalue.AsSingleton(..., default_value=None)``)."""
 
-    def __init__(self, flat_max: int):
+    def __init__(self, flat_max: int, space: str = dedup.CLIP):
         super().__init__()
-        self._flat_max = flat_max
+        self._flat_max, self._space = flat_max, space
 
     def expand(self, entries):
         n = beam.pvalue.AsSingleton(_count(entries, "Count"), default_value=0)
         return (entries
-                | "HashedSample" >> beam.ParDo(_TrainingCandidate(self._flat_max), n)
+                | "HashedSample" >> beam.ParDo(_TrainingCandidate(self._flat_max, self._space), n)
                 | "GatherSample" >> beam.GroupByKey()
                 | "KMeans" >> beam.ParDo(_Train(self._flat_max), n))
 
@@ -192,33 +234,57 @@ def _clusters(emb, centroids, m: int, border: float) -> list[int]:
 
 # --- near duplicates (pass 2) -----------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ClusterMember:
+    """What one sample sends to a cluster: its position, its search vector, and (for the rule
+    ``both``, searched by hash) its image embedding."""
+    order: tuple
+    vector: np.ndarray
+    embedding: np.ndarray | None = None
+
+
 class _ToClusters(beam.DoFn):
-    def __init__(self, m: int, border: float):
-        self._m, self._border = m, border
+    def __init__(self, rule: dedup.NearRule, space: str, m: int, border: float):
+        self._rule, self._space, self._m, self._border = rule, space, m, border
 
     def process(self, entry, centroids):
         s = entry[0]
-        for c in _clusters(s.image_embedding, centroids, self._m, self._border):
-            yield c, (s.order, np.asarray(s.image_embedding, np.float32))
+        vector = dedup.search_vector(s, self._space)
+        if vector is None:
+            return
+        embedding = None
+        if self._rule.method == "both" and s.image_embedding is not None:
+            embedding = np.asarray(s.image_embedding, np.float32)
+        for c in _clusters(vector, centroids, self._m, self._border):
+            yield c, ClusterMember(s.order, vector, embedding)
 
 
 class _PairsInCluster(beam.DoFn):
-    def __init__(self, threshold: float):
-        self._threshold = threshold
+    """Exact search within one cluster: the pairs (two positions) the rule calls near duplicates."""
+
+    def __init__(self, rule: dedup.NearRule, space: str):
+        self._rule, self._space = rule, space
 
     def process(self, element):
         _, members = element
-        members = sorted(members, key=lambda m: m[0])
+        members = sorted(members, key=lambda m: m.order)
         if len(members) < 2:
             return
         with timed(NEAR_DEDUP):
-            i, j, _s = dedup.pairs_above(np.stack([m[1] for m in members]), self._threshold)
-        for a, b in zip(i.tolist(), j.tolist(), strict=True):
-            yield 0, (members[a][0], members[b][0])
+            i, j, s = dedup.pairs_above(np.stack([m.vector for m in members]),
+                                        self._rule.search_threshold(self._space))
+        for a, b, value in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
+            ma, mb = members[a], members[b]
+            if self._rule.method == "both":  # searched by hash: the embeddings must agree too
+                sim, _ = dedup.measures(ma.embedding, None, mb.embedding, None)
+                if not self._rule.matches(sim, phash.distance_of_cosine(value)):
+                    continue
+            yield 0, (ma.order, mb.order)
 
 
 class _Components(beam.DoFn):
-    """All pairs (positions only) -> (position, group id) for every sample in a pair."""
+    """All pairs (positions only) -> (position, group id) for every sample in a pair (MAIN), and
+    (group id, pair) for every pair (tag 'pairs'), so that each group's members meet its pairs."""
 
     def process(self, element):
         _, pairs = element
@@ -231,8 +297,11 @@ class _Components(beam.DoFn):
         for p, label in zip(nodes, labels.tolist(), strict=True):
             first.setdefault(label, p)  # nodes are sorted: the group id is its earliest position
         log.info("near dedup: %d near-duplicate pairs join %d samples into %d groups", len(pairs), len(nodes), len(first))
-        for p, label in zip(nodes, labels.tolist(), strict=True):
-            yield p, ("group", first[label])
+        group_of = {p: first[label] for p, label in zip(nodes, labels.tolist(), strict=True)}
+        for p in nodes:
+            yield MAIN, (p, group_of[p])
+        for a, b in pairs:
+            yield "pairs", (group_of[a], ("pair", (a, b)))
 
 
 class _Route(beam.DoFn):
@@ -243,41 +312,60 @@ class _Route(beam.DoFn):
         if group is None:
             yield MAIN, entry
         else:
-            yield "grouped", (group, entry)
+            yield "grouped", (group, ("entry", entry))
 
 
-class _KeepOnePerGroup(beam.DoFn):
+class _KeepGreedy(beam.DoFn):
+    """One group's entries and pairs -> its kept entries, each with the samples dropped in its favour."""
+
     def process(self, element):
-        _, entries = element
-        entries = list(entries)
-        followers_of = {e[0].order: e[1] for e in entries}
-        kept, dups = dedup.keep_one_per_group([e[0] for e in entries])
-        yield absorb((kept, followers_of[kept.order]), [(d, followers_of[d.sample.order]) for d in dups])
+        _, items = element
+        entries = [v for tag, v in items if tag == "entry"]
+        pairs = [v for tag, v in items if tag == "pair"]
+        kept, dups = dedup.resolve_group([e[0] for e in entries], pairs)
+        yield from kept_entries(entries, kept, dups)
+
+
+class NearPairs(beam.PTransform):
+    """Entries -> (0, (position, position)) for every pair the rule calls near duplicates, found by
+    an exact search within each cluster of ``space``."""
+
+    def __init__(self, params: DedupParams, space: str, centroids):
+        super().__init__()
+        self._p, self._space, self._centroids = params, space, centroids
+
+    def expand(self, entries):
+        p, rule = self._p, self._p.near_rule
+        return (entries
+                | "ToClusters" >> beam.ParDo(_ToClusters(rule, self._space, *p.routing(self._space)),
+                                             beam.pvalue.AsSingleton(self._centroids, default_value=None))
+                | "GroupByCluster" >> beam.GroupByKey()
+                | "PairsInCluster" >> beam.ParDo(_PairsInCluster(rule, self._space)))
 
 
 class NearDuplicates(beam.PTransform):
-    """Entries -> one kept entry per connected group of near-duplicate images."""
+    """Entries -> the entries kept by the greedy rule within each connected group of near duplicates."""
 
-    def __init__(self, params: DedupParams, centroids):
+    def __init__(self, params: DedupParams, centroids_by_space: dict):
         super().__init__()
-        self._p, self._centroids = params, centroids
+        self._p, self._centroids = params, centroids_by_space
 
     def expand(self, entries):
-        p = self._p
-        groups = (entries
-                  | "ToClusters" >> beam.ParDo(_ToClusters(p.near_assignments, p.near_border),
-                                               beam.pvalue.AsSingleton(self._centroids, default_value=None))
-                  | "GroupByCluster" >> beam.GroupByKey()
-                  | "PairsInCluster" >> beam.ParDo(_PairsInCluster(p.near_threshold))
-                  | "GatherPairs" >> beam.GroupByKey()
-                  | "Components" >> beam.ParDo(_Components()))
-        routed = split((entries | "ByPosition" >> beam.Map(lambda e: (e[0].order, ("entry", e))), groups)
+        pairs = [entries | f"Pairs:{space}" >> NearPairs(self._p, space, centroids)
+                 for space, centroids in self._centroids.items()]
+        groups = split(pairs
+                       | "AllPairs" >> beam.Flatten()
+                       | "GatherPairs" >> beam.GroupByKey()
+                       | "Components" >> beam.ParDo(_Components()), "Components", "groups", "pairs")
+        routed = split((entries | "ByPosition" >> beam.Map(lambda e: (e[0].order, ("entry", e))),
+                        groups.groups | "Tag" >> beam.Map(lambda pg: (pg[0], ("group", pg[1]))))
                        | "EntriesAndGroups" >> beam.Flatten()
                        | "JoinGroups" >> beam.GroupByKey()
                        | "Route" >> beam.ParDo(_Route()), "Route", "alone", "grouped")
-        merged = (routed.grouped
+        merged = ((routed.grouped, groups.pairs)
+                  | "MembersAndPairs" >> beam.Flatten()
                   | "GroupMembers" >> beam.GroupByKey()
-                  | "KeepOnePerGroup" >> beam.ParDo(_KeepOnePerGroup()))
+                  | "KeepGreedy" >> beam.ParDo(_KeepGreedy()))
         return (routed.alone, merged) | "AloneAndKept" >> beam.Flatten()
 
 
@@ -321,14 +409,9 @@ class _SemDeDupCluster(beam.DoFn):
 
     def process(self, element, centroids, eps):
         entries, centroid = _cluster_members(element, centroids)
-        followers_of = {e[0].order: e[1] for e in entries}
         with timed(semdedup.STAGE):
             kept, dups = semdedup.semdedup_cluster([e[0] for e in entries], centroid, eps, self._keep, self._seed)
-        by_kept: dict[tuple, list] = {}
-        for d in dups:
-            by_kept.setdefault(d.kept.order, []).append((d, followers_of[d.sample.order]))
-        for s in kept:
-            yield absorb((s, followers_of[s.order]), by_kept.get(s.order, []))
+        yield from kept_entries(entries, kept, dups)
 
 
 class SemDeDup(beam.PTransform):
@@ -363,7 +446,7 @@ def _decisions(entry):
 
 class Deduplicate(beam.PTransform):
     """Exact duplicates (sha256 of the image, then normalised url + caption), near-duplicate images
-    (clustered FAISS-style search, connected groups), then SemDeDup; one sample kept per group.
+    (perceptual hash and/or CLIP embedding, clustered search, greedy keep rule), then SemDeDup.
 
     Returns {"kept": samples, "decisions": rows}; the decision rows are written once all steps ran.
     """
@@ -381,11 +464,14 @@ class Deduplicate(beam.PTransform):
             entries = entries | "ExactUrlCaption" >> ExactGroups(
                 lambda s: dedup.url_caption_key(getattr(s, "url", None), s.caption), dedup.URL_CAPTION_DUPLICATE, "url_caption")
         if p.near or p.semdedup:
-            centroids = entries | "TrainCentroids" >> TrainCentroids(p.near_flat_max)
+            spaces = set(p.near_rule.spaces() if p.near else ()) | ({dedup.CLIP} if p.semdedup else set())
+            centroids = {space: entries | f"TrainCentroids:{space}" >> TrainCentroids(p.near_flat_max, space)
+                         for space in sorted(spaces)}
             if p.near:
-                entries = entries | "NearDuplicates" >> NearDuplicates(p, centroids)
+                entries = entries | "NearDuplicates" >> NearDuplicates(
+                    p, {space: centroids[space] for space in p.near_rule.spaces()})
             if p.semdedup:
-                entries = entries | "SemDeDup" >> SemDeDup(p, centroids)
+                entries = entries | "SemDeDup" >> SemDeDup(p, centroids[dedup.CLIP])
         return {"kept": entries | "KeptSamples" >> beam.Map(lambda e: e[0]),
                 "decisions": entries | "DuplicateDecisions" >> beam.FlatMap(_decisions)}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from curate import fs
-from curate.config import Option, Schema, section
-from curate.embeddings import ReadStoredScores, WriteEmbeddings
+from curate.config import ConfigError, Option, Schema, section
+from curate.embeddings import ReadStoredScores, WriteEmbeddings, stored_hashes
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, decision
 from curate.scoring import cpu_threads_per_worker
@@ -45,8 +45,9 @@ SCHEMA: Schema = {
     "select.fraction": Option(float, "mode fraction: keep this share of the scored, filtered corpus",
                               min=0, max=1),
     "dedup.exact": Option(bool, "drop samples whose image bytes repeat (sha256)"),
-    "dedup.near": Option(bool, "drop near-duplicate images (CLIP image-embedding cosine)"),
-    "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates",
+    "dedup.near": Option(bool, "drop near-duplicate images (by dedup.near_method)"),
+    "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates "
+                                   "(near_method clip, both, either)",
                                    min=0, max=1),
     **dedup_steps.SCHEMA,
     "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1),
@@ -61,8 +62,13 @@ WRITES_SHARDS = True
 
 
 def validate(cfg: dict) -> None:
-    """Check the requested exports before any work; their resolved settings join the run's config."""
+    """Check the requested exports before any work; their resolved settings join the run's config.
+    Stored scores written before perceptual hashes existed cannot feed a hash-based near dedup."""
     cfg["exports_settings"] = export.laion_filter_settings(cfg)
+    rule = dedup_steps.DedupParams.from_config(cfg).near_rule
+    if cfg["scores"] and cfg["dedup.near"] and rule.method != "clip" and not stored_hashes(cfg["scores"]):
+        raise ConfigError(f"config error: the stored scores in {cfg['scores']!r} hold no perceptual hashes "
+                          f"(dedup.near_method {rule.method} needs them): score again, or set dedup.near_method=clip")
 
 
 class BasicFilters(beam.DoFn):

@@ -8,10 +8,14 @@ from curate.records import Sample
 from filters import dedup
 
 
-def sample(key, score=0.5, emb=None, sha="h", shard=0, index=None):
+def sample(key, score=0.5, emb=None, sha="h", shard=0, index=None, phash=None):
     return Sample(key=key, shard_index=shard, shard_path=f"/in/{shard:05d}.tar",
                   member_index=int(key) if index is None else index, clip_score=score, sha256=sha,
-                  image_embedding=None if emb is None else np.asarray(emb, dtype=np.float32))
+                  image_embedding=None if emb is None else np.asarray(emb, dtype=np.float32), phash=phash)
+
+
+def clip_rule(threshold):
+    return dedup.NearRule("clip", threshold=threshold)
 
 
 def unit(*v):
@@ -36,7 +40,7 @@ def test_exact_is_order_independent():
 def test_near_groups_keep_one_and_name_it():
     a, a2 = unit(1, 0, 0), unit(1, 0.05, 0)  # cosine ~0.9988
     b = unit(0, 1, 0)
-    kept, dups = dedup.near_duplicates([sample("1", 0.3, a), sample("2", 0.9, a2), sample("3", 0.5, b)], 0.99)
+    kept, dups = dedup.near_duplicates([sample("1", 0.3, a), sample("2", 0.9, a2), sample("3", 0.5, b)], clip_rule(0.99))
     assert sorted(s.key for s in kept) == ["2", "3"]
     (d,) = dups
     assert d.sample.key == "1" and d.kept.key == "2" and d.group == "near:2" and d.similarity > 0.99
@@ -44,21 +48,62 @@ def test_near_groups_keep_one_and_name_it():
 
 def test_threshold_is_inclusive():
     a, b = unit(1, 0), unit(0.6, 0.8)  # cosine exactly 0.6
-    kept, dups = dedup.near_duplicates([sample("1", 0.5, a), sample("2", 0.5, b)], 0.6)
+    kept, dups = dedup.near_duplicates([sample("1", 0.5, a), sample("2", 0.5, b)], clip_rule(0.6))
     assert len(kept) == 1 and len(dups) == 1
-    kept, dups = dedup.near_duplicates([sample("1", 0.5, a), sample("2", 0.5, b)], 0.61)
+    kept, dups = dedup.near_duplicates([sample("1", 0.5, a), sample("2", 0.5, b)], clip_rule(0.61))
     assert len(kept) == 2 and not dups
 
 
-def test_chain_is_one_group_with_one_kept():
-    """a~b and b~c but a !~ c: connected components put all three in one group; one is kept."""
+def test_chain_keeps_both_ends():
+    """a~b and b~c but a !~ c: a ranks first and is kept, b is dropped for a, c is kept (no chaining)."""
     ang = np.deg2rad([0, 10, 20])
     embs = [unit(np.cos(t), np.sin(t)) for t in ang]
     assert float(embs[0] @ embs[2]) < 0.95 < float(embs[0] @ embs[1])
     samples = [sample(str(i), 0.5, e) for i, e in enumerate(embs)]
-    kept, dups = dedup.near_duplicates(samples, 0.95)
-    assert [s.key for s in kept] == ["0"]
-    assert {d.sample.key for d in dups} == {"1", "2"} and {d.kept.key for d in dups} == {"0"}
+    kept, dups = dedup.near_duplicates(samples, clip_rule(0.95))
+    assert [s.key for s in kept] == ["0", "2"]
+    (d,) = dups
+    assert d.sample.key == "1" and d.kept.key == "0" and d.similarity >= 0.95
+
+
+def test_chain_whose_middle_ranks_first_keeps_only_the_middle():
+    ang = np.deg2rad([0, 10, 20])
+    samples = [sample(str(i), 0.9 if i == 1 else 0.5, unit(np.cos(t), np.sin(t))) for i, t in enumerate(ang)]
+    kept, dups = dedup.near_duplicates(samples, clip_rule(0.95))
+    assert [s.key for s in kept] == ["1"] and {d.kept.key for d in dups} == {"1"}
+
+
+def test_long_chain_never_drops_a_sample_far_from_every_kept_one():
+    """100 points 2 degrees apart on a circle: connected components would keep 1; the greedy rule
+    keeps every other point and each dropped one names a kept neighbour within the threshold."""
+    embs = [unit(np.cos(t), np.sin(t)) for t in np.deg2rad(np.arange(100) * 2.0)]
+    samples = [sample(str(i), 0.5, e, index=i) for i, e in enumerate(embs)]
+    kept, dups = dedup.near_duplicates(samples, clip_rule(float(np.round(np.cos(np.deg2rad(2.5)), 4))))
+    assert len(kept) == 50
+    kept_keys = {s.key for s in kept}
+    for d in dups:
+        assert d.kept.key in kept_keys and d.similarity >= np.cos(np.deg2rad(2.5)) - 1e-4
+
+
+def test_phash_rule_uses_hamming_distance():
+    h = "0" * 16
+    near, far = "0" * 15 + "7", "f" * 4 + "0" * 12  # 3 bits, 16 bits
+    samples = [sample("1", 0.5, phash=h), sample("2", 0.4, phash=near), sample("3", 0.3, phash=far)]
+    kept, dups = dedup.near_duplicates(samples, dedup.NearRule("phash", max_distance=10))
+    assert [s.key for s in kept] == ["1", "3"]
+    (d,) = dups
+    assert d.kept.key == "1" and d.distance == 3 and d.similarity is None
+
+
+@pytest.mark.parametrize("method", dedup.NEAR_METHODS)
+def test_methods_combine_the_two_signals(method):
+    """Sample 2 is a hash copy of 1 with a far embedding; sample 3 an embedding twin with a far hash."""
+    a, far = unit(1, 0), unit(0, 1)
+    samples = [sample("1", 0.9, a, phash="0" * 16), sample("2", 0.5, far, phash="0" * 15 + "1"),
+               sample("3", 0.4, a, phash="f" * 16)]
+    got = dedup.near_duplicates(samples, dedup.NearRule(method, threshold=0.95, max_distance=4))[0]
+    expected = {"phash": ["1", "3"], "clip": ["1", "2"], "both": ["1", "2", "3"], "either": ["1"]}[method]
+    assert [s.key for s in got] == expected
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -68,9 +113,9 @@ def test_near_is_order_independent(seed):
     embs = np.concatenate([base, base[:10] + rng.normal(scale=0.01, size=(10, 16))])
     embs /= np.linalg.norm(embs, axis=1, keepdims=True)
     samples = [sample(str(i), float(rng.uniform()), e, index=i) for i, e in enumerate(embs)]
-    ref = sorted(s.key for s in dedup.near_duplicates(samples, 0.98)[0])
+    ref = sorted(s.key for s in dedup.near_duplicates(samples, clip_rule(0.98))[0])
     shuffled = random.Random(seed).sample(samples, len(samples))
-    assert sorted(s.key for s in dedup.near_duplicates(shuffled, 0.98)[0]) == ref
+    assert sorted(s.key for s in dedup.near_duplicates(shuffled, clip_rule(0.98))[0]) == ref
     assert len(ref) == 30
 
 

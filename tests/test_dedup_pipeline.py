@@ -104,7 +104,7 @@ def test_steps_chain_exact_url_caption_and_near_groups():
                s("6", 0.8, e3, "F", "HTTP://X.org:80/5.jpg", "A  Red star "),
                s("7", 0.8, -e3, "G", "http://x.org/5.jpg", "a blue star")]
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create(samples) | Deduplicate(DedupParams(url_caption=True))
+        out = p | beam.Create(samples) | Deduplicate(DedupParams(url_caption=True, near_method="clip"))
         rows = out["decisions"] | beam.Map(lambda r: (r["key"], r["reason"], r["stage"], r["kept_instead"], r["dup_group"]))
         assert_that(out["kept"] | beam.Map(lambda x: x.key), equal_to(["4", "5", "7"]), label="kept")
         assert_that(rows, equal_to([("1", "near_duplicate", "near_dedup", "4", "near:4"),
@@ -159,3 +159,20 @@ def test_clustered_dedup_and_semdedup_on_a_dask_cluster(scored, tmp_path):
         select(scored, tmp_path / "dask", *sets, "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
                f"--dask_client_address={cluster.scheduler_address}")
     assert decision_bytes(tmp_path / "dask") == decision_bytes(tmp_path / "direct")
+
+
+def test_stored_scores_without_hashes_are_one_clear_error(scored, tmp_path):
+    """A store written before perceptual hashes existed cannot feed near_method both; clip still works."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(scored, old)
+    meta_dir = old / "embeddings" / "metadata"
+    for name in os.listdir(meta_dir):
+        table = pq.read_table(meta_dir / name)
+        pq.write_table(table.drop(["phash"]), meta_dir / name)
+    with pytest.raises(Exception, match="hold no perceptual hashes .*set dedup.near_method=clip"):
+        select(str(old), tmp_path / "x")
+    assert not os.path.exists(tmp_path / "x")  # refused before the output folder was made
+    rows = select(str(old), tmp_path / "y", "dedup.near_method=clip")
+    assert any(r["reason"] == "near_duplicate" for r in rows.values())
