@@ -1,5 +1,5 @@
 """How right a deduplication is, against a corpus's ground truth: the built-in corpus's
-``ground_truth.parquet`` (``curate.synth``) or a foreign corpus's ``truth.json``
+``ground_truth.parquet`` (``curate.synth``) or a foreign corpus's ``OUT_DIR.truth.json``
 (``curate.photo_corpus``). ``benchmarks/dedup_quality.py`` prints these scores; tests assert them.
 """
 from __future__ import annotations

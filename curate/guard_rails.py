@@ -1,11 +1,17 @@
 """Warnings a user must see: a step that removed an unusual share, and a model used outside its world.
 
-Pure functions of the run's counts and config; the closing summary and report.json show what they
-return, each with the setting to change.
+Functions of the run's counts and config (and, for a run on stored scores, of the scoring run's
+report.json); the closing summary and report.json show what they return, each with the setting
+to change.
 """
 from __future__ import annotations
 
+import json
+
+from curate import fs
+
 DEMO_MODEL = "curate-demo-64"
+SYNTH_TRUTH = "ground_truth.parquet"  # what curate.synth writes beside its shards
 # Above these a result is more likely a wrong setting than a property of the corpus.
 MAX_NEAR_DROP_SHARE = 0.5
 MAX_GROUP_SIZE = 100
@@ -31,14 +37,36 @@ def large_groups(counts: dict) -> str | None:
             f"with {size}: if they are not copies of one image, check {NEAR_SETTINGS}")
 
 
-def demo_scorer_on_foreign_input(config: dict, builtin_input: bool) -> str | None:
+def synthetic_input(config: dict, builtin_input: bool) -> bool:
+    """Whether the scored samples come from ``curate.synth`` (the demo scorer's own world): the
+    built-in corpus, a folder that synth wrote (its ground_truth.parquet beside the shards), or, for
+    a run on stored scores, whatever the scoring run recorded."""
+    if config.get("scores"):
+        return bool(_stored_report(config["scores"]).get("synthetic_input"))
+    spec = config.get("input")
+    return builtin_input or bool(spec and fs.isdir(spec) and fs.exists(fs.join(spec, SYNTH_TRUTH)))
+
+
+def scoring_model(config: dict) -> str | None:
+    """The model behind the run's scores: its own scorer, or the stored scores' run's."""
+    if config.get("scores"):
+        return _stored_report(config["scores"]).get("config", {}).get("scorer.model")
+    return config.get("scorer.model")
+
+
+def demo_scorer_on_foreign_input(config: dict, synthetic: bool) -> str | None:
     """The demo scorer knows only the built-in synthetic scenes: on anything else its scores mean little."""
-    if config.get("scorer.model") == DEMO_MODEL and not builtin_input and not config.get("scores"):
+    if scoring_model(config) == DEMO_MODEL and not synthetic:
         return ("the demo scorer knows only the built-in synthetic scenes: for real data set scorer.model / "
                 "scorer.pretrained (e.g. ViT-B-32 / laion2b_s34b_b79k) and select.clip_threshold")
     return None
 
 
-def warnings(counts: dict, config: dict, builtin_input: bool) -> list[str]:
-    checks = (near_dedup_share(counts), large_groups(counts), demo_scorer_on_foreign_input(config, builtin_input))
+def warnings(counts: dict, config: dict, synthetic: bool) -> list[str]:
+    checks = (near_dedup_share(counts), large_groups(counts), demo_scorer_on_foreign_input(config, synthetic))
     return [w for w in checks if w]
+
+
+def _stored_report(run_dir: str) -> dict:
+    path = fs.join(run_dir, "report.json")
+    return json.loads(fs.read_bytes(path)) if fs.exists(path) else {}

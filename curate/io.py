@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tarfile
 import uuid
+import zlib
 from typing import Iterator
 
 import pyarrow as pa
@@ -105,17 +107,18 @@ class TarReadError(Exception):
 # Shards as webdataset reads them: plain tars and gzip-compressed ones, as many published corpora
 # ship them. iter_tar_samples decompresses on the fly; what curate writes stays .tar.
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def is_shard_name(path: str) -> bool:
     """Whether ``path`` names a tar shard: ``.tar``, ``.tar.gz`` or ``.tgz``."""
-    return path.endswith(SHARD_SUFFIXES)
+    return path.lower().endswith(SHARD_SUFFIXES)
 
 
 def shard_stem(path: str) -> str:
     """``/x/00003.tar``, ``00003.tar.gz`` or ``gs://b/00003.tgz`` -> ``00003``; other names unchanged."""
     name = fs.basename(path)
-    suffix = next((s for s in SHARD_SUFFIXES if name.endswith(s)), "")
+    suffix = next((s for s in SHARD_SUFFIXES if name.lower().endswith(s)), "")
     return name[: len(name) - len(suffix)]
 
 
@@ -123,25 +126,34 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Stream ``(key, {ext: bytes})`` from a WebDataset tar (plain or gzip-compressed), one sample at a time.
 
     Only regular files count: directories, links and devices are skipped, so a hostile tar
-    cannot point a reader anywhere. Raises TarReadError when the stream is corrupt or truncated.
+    cannot point a reader anywhere. Raises TarReadError when the stream is corrupt or truncated,
+    after the samples read before the damage. A gzip stream is read to its end after the tar's
+    end marker, so that its checksum is verified: a bit flipped inside it raises TarReadError too
+    (after all samples, since a checksum cannot say which one it hit).
     """
     current_key, fields = None, {}
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                parts = split_member_name(member.name)
-                if parts is None:
-                    continue
-                key, ext = parts
-                data = tar.extractfile(member).read()
-                if key != current_key:
-                    if current_key is not None:
-                        yield current_key, fields
-                    current_key, fields = key, {}
-                fields[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as e:
+        with fs.open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            gz = gzip.GzipFile(fileobj=f, mode="rb") if head == GZIP_MAGIC else None
+            with tarfile.open(fileobj=gz or f, mode="r|" if gz else "r|*") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue
+                    parts = split_member_name(member.name)
+                    if parts is None:
+                        continue
+                    key, ext = parts
+                    data = tar.extractfile(member).read()
+                    if key != current_key:
+                        if current_key is not None:
+                            yield current_key, fields
+                        current_key, fields = key, {}
+                    fields[ext] = data
+            while gz and gz.read(1 << 20):  # to the end: GzipFile checks the CRC there
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         if current_key is not None:
             yield current_key, fields
         raise TarReadError(f"{path}: {type(e).__name__}: {e}") from e

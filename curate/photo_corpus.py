@@ -13,7 +13,7 @@ plus a gradient), every original distinct, with exact and rescaled + re-encoded 
 
 Both write raw shards in img2dataset's layout (``NNNNN.tar`` with ``KEY.jpg``/``KEY.txt``/``KEY.json``,
 copies shuffled among the originals) and the ground truth OUTSIDE the shard folder (default
-``OUT_DIR/../truth.json``), so no filter can read it::
+``OUT_DIR.truth.json``), so no filter can read it::
 
     {"corpus": "photos", "seed": 0, "counts": {"distinct": 68, ...}, "shards": {"00000.tar": 54, ...},
      "samples": {KEY: {"kind": "distinct" | "exact_copy" | "near_copy",
@@ -217,8 +217,9 @@ def _shuffle(rng: np.random.Generator, items: list[Item], tries: int = 1000) -> 
 
 
 def default_truth_path(out_dir: str) -> str:
-    """``out_dir/../truth.json``: beside the shard folder, never inside it."""
-    return os.path.join(os.path.dirname(os.path.abspath(out_dir)), "truth.json")
+    """``OUT_DIR.truth.json``: beside the shard folder, never inside it, and named after it (two
+    corpora in sibling folders keep their own truth)."""
+    return os.path.abspath(out_dir).rstrip(os.sep) + ".truth.json"
 
 
 def _write(out_dir: str, truth_path: str | None, corpus: str, seed: int, items: list[Item],
@@ -264,7 +265,7 @@ def photo_corpus(out_dir: str, seed: int = 0, *, exact_copies: int = 12, near_co
 
     Near copies cycle through ``PHOTO_TRANSFORMS`` and get a caption from another template than their
     original's; exact copies repeat the original's caption. Returns the truth dict written to
-    ``truth_path`` (default ``out_dir/../truth.json``; never inside ``out_dir``).
+    ``truth_path`` (default ``OUT_DIR.truth.json``; never inside ``out_dir``).
     """
     rng = np.random.default_rng([seed, 0x9407])
     photos = real_photos()
@@ -322,7 +323,7 @@ def random_fields_corpus(out_dir: str, samples: int = 400, seed: int = 0, *, exa
     ``round(samples * fraction)`` samples of each copy kind, each of a different random original;
     near copies are rescaled to 85% and re-encoded at quality 75 (``FIELD_TRANSFORM``). Captions
     name two of the field's colours; near copies get another template. Returns the truth dict
-    written to ``truth_path`` (default ``out_dir/../truth.json``).
+    written to ``truth_path`` (default ``OUT_DIR.truth.json``).
     """
     exact, near = round(samples * exact_fraction), round(samples * near_fraction)
     if samples < 1 or exact + near > samples - exact - near:
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
                     help="real photo quadrants (default) or smooth random colour fields")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=400, help="fields only: number of samples")
-    ap.add_argument("--truth", help="ground-truth JSON path (default: OUT_DIR/../truth.json)")
+    ap.add_argument("--truth", help="ground-truth JSON path (default: OUT_DIR.truth.json)")
     args = ap.parse_args(argv)
     try:
         if args.kind == "photos":

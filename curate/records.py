@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 
 # Stages, in pipeline order; a decision row names the stage that made it.
-READ, DECODE, BASIC_FILTER, CLIP_SCORE, DECONTAMINATE, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
-    "read", "decode", "basic_filter", "clip_score", "decontaminate", "exact_dedup", "near_dedup", "semdedup",
-    "write")
+READ, DECODE, BASIC_FILTER, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
+    "read", "decode", "basic_filter", "clip_score", "decontaminate", "unique_keys", "exact_dedup", "near_dedup",
+    "semdedup", "write")
 
 
 # Scores and similarities are kept to 4 decimals: the last bits of a float32 cosine change with the

@@ -46,12 +46,15 @@ def count_decisions(decisions_dir: str) -> dict:
 
 
 def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_seconds: float,
-                 stage_seconds: dict, shards: dict | None, runner: str, warnings: list[str] = ()) -> dict:
-    """``shards`` is sizes.json's content, or None for a pipeline that writes no shards."""
+                 stage_seconds: dict, shards: dict | None, runner: str, warnings: list[str] = (),
+                 synthetic_input: bool = False) -> dict:
+    """``shards`` is sizes.json's content, or None for a pipeline that writes no shards;
+    ``synthetic_input``: the samples come from curate.synth (read back by runs on stored scores)."""
     report = {
         "pipeline": pipeline,
         "counts": counts,
         "warnings": list(warnings),
+        "synthetic_input": synthetic_input,
         "writes_shards": shards is not None,
         "shards": {"count": len(shards or {}), "samples": sum((shards or {}).values())},
         "time": {"wall_seconds": round(wall_seconds, 2),

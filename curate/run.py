@@ -279,8 +279,10 @@ def run(argv=None) -> dict:
             write_sizes(shard_dir, {})
         shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
     counts = count_decisions(fs.join(out, "decisions"))
+    synthetic = guard_rails.synthetic_input(cfg, builtin_input)
     report = write_report(out, args.pipeline, cfg, counts, wall, stage_seconds(result), shards,
-                          options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, builtin_input))
+                          options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
+                          synthetic)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     return report
 

@@ -25,7 +25,7 @@ from curate.io import (
     write_tar,
 )
 from curate.outputs import DECISIONS, MAIN, split
-from curate.records import DECISION_SCHEMA, READ, WRITE, RawSample, Sample, decision
+from curate.records import DECISION_SCHEMA, READ, UNIQUE_KEYS, WRITE, RawSample, Sample, decision
 from curate.timing import add_time
 
 log = logging.getLogger("curate")
@@ -117,12 +117,34 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 
-class PlanShards(beam.DoFn):
-    """All kept samples -> (output shard id, samples) in input order, samples_per_shard each.
+class _KeepFirstOfKey(beam.DoFn):
+    def process(self, element):
+        _, samples = element
+        first, *others = sorted(samples, key=lambda s: s.order)
+        yield MAIN, first
+        for s in others:
+            yield DECISIONS, decision(s, False, UNIQUE_KEYS, DUPLICATE_KEY,
+                                      detail=f"key already used by {first.shard_path}#{first.member_index}")
 
-    Also emits each kept sample's final decision, and drops a sample whose key was already taken
-    by an earlier one (keys name files inside the tars, so they must be unique).
+
+class UniqueKeys(beam.PTransform):
+    """Samples -> one sample per key, the earliest in the input (main), and rows for the others.
+
+    Keys name files inside the curated tars, so they must be unique. Two corpora merged (two
+    img2dataset downloads, say) can repeat keys; resolving that before deduplication means that a
+    duplicate is only ever dropped in favour of a sample that can be written.
     """
+
+    def expand(self, samples):
+        return split(samples
+                     | "ByKey" >> beam.Map(lambda s: (s.key, s))
+                     | "Group" >> beam.GroupByKey()
+                     | "KeepFirst" >> beam.ParDo(_KeepFirstOfKey()), "KeepFirst", "unique")
+
+
+class PlanShards(beam.DoFn):
+    """All kept samples (unique keys) -> (output shard id, samples) in input order,
+    samples_per_shard each; also each kept sample's final decision."""
 
     def __init__(self, samples_per_shard: int):
         self._n = samples_per_shard
@@ -130,20 +152,29 @@ class PlanShards(beam.DoFn):
     def process(self, element):
         _, samples = element
         samples = sorted(samples, key=lambda s: s.order)
-        seen: dict[str, Sample] = {}
-        unique = []
+        for start in range(0, len(samples), self._n):
+            yield MAIN, (start // self._n, samples[start:start + self._n])
         for s in samples:
-            if s.key in seen:
-                yield DECISIONS, decision(
-                    s, False, WRITE, DUPLICATE_KEY, kept_instead=seen[s.key].key,
-                    detail=f"key already used by {seen[s.key].shard_path}#{seen[s.key].member_index}")
-                continue
-            seen[s.key] = s
-            unique.append(s)
-        for start in range(0, len(unique), self._n):
-            yield MAIN, (start // self._n, unique[start:start + self._n])
-        for s in unique:
             yield DECISIONS, decision(s, True, WRITE)
+
+
+def read_members(path: str, indices: set[int]) -> dict[tuple[str, int], dict]:
+    """The members of the samples at ``indices`` of one raw shard, reading no further than the last.
+
+    A shard damaged past its last wanted sample (``unreadable_tar`` at read time) still gives the
+    samples before the damage: reading stops before it, and a read error after them is not theirs.
+    """
+    found: dict[tuple[str, int], dict] = {}
+    try:
+        for index, (_key, fields) in enumerate(iter_tar_samples(path)):
+            if index in indices:
+                found[(path, index)] = fields
+                if len(found) == len(indices):
+                    break
+    except TarReadError:
+        if len(found) < len(indices):  # a sample read before now cannot be read: the shard changed
+            raise
+    return found
 
 
 class WriteShardFn(beam.DoFn):
@@ -160,11 +191,7 @@ class WriteShardFn(beam.DoFn):
             wanted.setdefault(s.shard_path, {})[s.member_index] = s
         found: dict[tuple[str, int], dict] = {}
         for path, by_index in wanted.items():
-            for index, (_key, fields) in enumerate(iter_tar_samples(path)):
-                if index in by_index:
-                    found[(path, index)] = fields
-                if len(found) == len(samples):
-                    break
+            found.update(read_members(path, set(by_index)))
         members, rows = [], []
         for s in samples:
             fields = found[(s.shard_path, s.member_index)]

@@ -275,7 +275,8 @@ def measures(a_emb, a_hash: str | None, b_emb, b_hash: str | None) -> tuple[floa
     """(embedding cosine to 4 decimals, hash distance) of two images; None where a signal is missing."""
     sim = None
     if a_emb is not None and b_emb is not None:
-        sim = stable(np.dot(np.asarray(a_emb, np.float32), np.asarray(b_emb, np.float32)))
+        # float16-stored unit vectors can overshoot 1 in their last bit; a cosine never does
+        sim = min(1.0, stable(np.dot(np.asarray(a_emb, np.float32), np.asarray(b_emb, np.float32))))
     return sim, (phash.distance(a_hash, b_hash) if a_hash and b_hash else None)
 
 

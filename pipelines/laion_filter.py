@@ -16,7 +16,7 @@ from curate.embeddings import ReadStoredScores, WriteEmbeddings, stored_hashes
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, decision
 from curate.scoring import cpu_threads_per_worker
-from curate.shards import WriteCuratedShards, WriteDecisions, list_input_shards
+from curate.shards import UniqueKeys, WriteCuratedShards, WriteDecisions, list_input_shards
 from filters import select
 from filters.sample import BasicFilterParams, basic_filter
 from pipelines import dedup as dedup_steps
@@ -159,11 +159,12 @@ class LaionFilter(beam.PTransform):
             "BasicFilters", "passed")
         selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
         decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
-        deduped = decontaminated.clean | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
+        unique = decontaminated.clean | "UniqueKeys" >> UniqueKeys()
+        deduped = unique.unique | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
         written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
             fs.join(out, "shards"), cfg["shards.samples_per_shard"])
         all_decisions = [scored.decisions, filtered.decisions, selected.decisions, decontaminated.decisions,
-                         deduped["decisions"],
+                         unique.decisions, deduped["decisions"],
                          written["decisions"]]
         writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
                       | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))

@@ -171,6 +171,29 @@ def test_truncated_tgz_keeps_what_was_read_and_records_the_damage(corpus, tmp_pa
     assert out[-1][1]["reason"] == UNREADABLE_TAR and "00000.tgz" in out[-1][1]["detail"]
 
 
+def test_bit_flip_inside_a_tgz_is_recorded_not_passed_silently(corpus, tmp_path):
+    """Stored (level 0) deflate keeps a flipped bit valid deflate: only gzip's CRC, at the end of the
+    stream, sees it. Every sample is read, then the shard gets its unreadable_tar row."""
+    with open(os.path.join(corpus, "00000.tar"), "rb") as f:
+        data = bytearray(gzip.compress(f.read(), compresslevel=0, mtime=0))
+    data[10 + 5 + 512 + 100] ^= 0x10  # gzip header, stored-block header, first member header: its data
+    path = tmp_path / "00000.tgz"
+    path.write_bytes(bytes(data))
+    out = list(read_shard(0, str(path), 1))
+    assert len([x for tag, x in out if tag == MAIN]) == SHARD_SIZE
+    assert out[-1][1]["reason"] == UNREADABLE_TAR and "CRC check failed" in out[-1][1]["detail"]
+
+
+def test_suffixes_are_matched_whatever_their_case(corpus, tmp_path):
+    folder = tmp_path / "upper"
+    folder.mkdir()
+    shutil.copy(os.path.join(corpus, "00000.tar"), folder / "00000.TAR")
+    with open(os.path.join(corpus, "00001.tar"), "rb") as f:
+        (folder / "00001.TGZ").write_bytes(gzip.compress(f.read(), mtime=0))
+    assert [os.path.basename(p) for p in list_input_shards(str(folder))] == ["00000.TAR", "00001.TGZ"]
+    assert shard_stem(str(folder / "00001.TGZ")) == "00001"
+
+
 @pytest.mark.parametrize("layout", ["tar.gz", "mixed"])
 def test_compressed_folder_curates_like_plain_tars(corpus, plain, tmp_path, layout):
     suffixes = {n: ".tar.gz" for n in SHARDS} if layout == "tar.gz" else MIXED

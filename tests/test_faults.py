@@ -152,3 +152,54 @@ def test_nothing_written_outside_the_output_folder(hostile):
                                       ("/abs", False), ("../x", False), ("a/../b", False), ("a\\b", False)])
 def test_safe_keys(key, safe):
     assert is_safe_key(key) is safe
+
+
+def _shard(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for key, image in samples:
+            add(tar, f"{key}.jpg", image)
+            add(tar, f"{key}.txt", CAPTION)
+
+
+def _photo(seed, size=(320, 256)):
+    rng = np.random.default_rng(seed)
+    img = synth.render(synth.make_scene(rng), size, rng)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), img
+
+
+def test_a_truncated_shard_read_first_still_gives_its_samples(tmp_path):
+    """The writer re-reads raw shards for the image bytes; it must stop at the last wanted sample of a
+    damaged shard and not read into the damage (which failed the whole run)."""
+    (tmp_path / "in").mkdir()
+    _shard(tmp_path / "in" / "00000.tar", [(f"a{i}", _photo(i)[0]) for i in range(4)])
+    data = (tmp_path / "in" / "00000.tar").read_bytes()
+    (tmp_path / "in" / "00000.tar").write_bytes(data[: int(len(data) * 0.8)])
+    _shard(tmp_path / "in" / "00001.tar", [(f"b{i}", _photo(10 + i)[0]) for i in range(3)])
+    report = run.run(["--pipeline", "laion_filter", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                      "--set", "select.clip_threshold=-1", "--set", "shards.samples_per_shard=100"])
+    rows = pq.read_table(tmp_path / "out" / "decisions").to_pylist()
+    read_a = {r["key"] for r in rows if r["key"].startswith("a")}
+    assert read_a and report["counts"]["unreadable_shards"] == 1
+    written = set(tarfile.open(tmp_path / "out" / "shards" / "00000.tar").getnames())
+    assert {f"{k}.jpg" for k in read_a if next(r for r in rows if r["key"] == k)["kept"]} <= written
+
+
+def test_a_key_clash_never_costs_the_copy_of_the_losing_image(tmp_path):
+    """Two merged downloads repeat a key: 'k' in shard 0 is one scene, 'k' in shard 1 another, and
+    'copy' a re-encoded copy of shard 1's 'k'. The clash is resolved first (shard 0 keeps the key),
+    so 'copy' is not dropped in favour of an image that is never written: it is kept."""
+    (tmp_path / "in").mkdir()
+    first, _ = _photo(1)
+    second, img = _photo(2)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=70)
+    _shard(tmp_path / "in" / "00000.tar", [("k", first)])
+    _shard(tmp_path / "in" / "00001.tar", [("k", second), ("copy", buf.getvalue())])
+    run.run(["--pipeline", "laion_filter", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+             "--set", "select.clip_threshold=-1"])
+    rows = {(r["source_shard"][-9:], r["key"]): r for r in pq.read_table(tmp_path / "out" / "decisions").to_pylist()}
+    assert rows[("00000.tar", "k")]["kept"]
+    assert rows[("00001.tar", "k")]["reason"] == "duplicate_key" and rows[("00001.tar", "k")]["stage"] == "unique_keys"
+    assert rows[("00001.tar", "copy")]["kept"], rows[("00001.tar", "copy")]

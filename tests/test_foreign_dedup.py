@@ -66,6 +66,13 @@ def test_demo_scorer_on_foreign_input_is_a_warning(foreign, capsys):
         assert json.load(f)["warnings"] == report["warnings"]
 
 
+def test_demo_scorer_warning_follows_stored_scores(foreign, tmp_path):
+    _, report, _ = foreign
+    again = run.run(["--pipeline", "laion_filter", "--output", str(tmp_path / "again"), "--set",
+                     f"scores={report['config']['output']}", "--set", "select.clip_threshold=-1"])
+    assert again["warnings"] == report["warnings"] and not again["synthetic_input"]
+
+
 def test_hashes_are_recorded_in_decisions_and_shards(foreign):
     _, report, rows = foreign
     assert all(len(r["phash"]) == 16 for r in rows.values() if r["kept"])
@@ -79,6 +86,7 @@ def test_builtin_corpus_holds_the_same_rule(tmp_path):
     corpus = str(tmp_path / "corpus")
     synth.generate(corpus, 300, seed=3, noise=0.5, shard_size=150)
     report, rows = curate(corpus, tmp_path / "out")
+    assert report["synthetic_input"] and not report["warnings"]  # synth's folder is the demo scorer's world
     assert_kept_instead_is_kept_and_within_the_rule(rows)
     scores = dedup_truth.decision_scores(dedup_truth.load_truth(corpus), rows)
     assert scores["exact_caught"] == scores["exact_copies"] and scores["near_recall"] >= 0.85, scores
@@ -96,6 +104,6 @@ def test_clip_alone_on_foreign_fields_warns_about_the_share_it_drops(tmp_path):
 
 def test_large_group_guard_rail():
     counts = {"dropped_by_stage": {}, "largest_duplicate_groups": {"near:a": 150, "near:b": 20}}
-    (w,) = [w for w in guard_rails.warnings(counts, {}, builtin_input=True)]
+    (w,) = [w for w in guard_rails.warnings(counts, {}, synthetic=True)]
     assert "near:a" in w and "150" in w and "dedup.phash_max_distance" in w
     assert not guard_rails.warnings({"dropped_by_stage": {}, "largest_duplicate_groups": {"near:b": 20}}, {}, True)

@@ -69,7 +69,7 @@ def test_truth_matches_shards(corpus, request):
     assert sorted(os.listdir(c["shards"])) == ["00000.tar", "00001.tar"]
     assert set(s) == set(rows)
     assert c["truth"]["shards"] == {"00000.tar": (len(s) + 1) // 2, "00001.tar": len(s) // 2}
-    assert json.loads((c["root"] / "truth.json").read_text()) == c["truth"]
+    assert json.loads((c["root"] / "shards.truth.json").read_text()) == c["truth"]
     keys = sorted(s)
     for i, key in enumerate(keys):
         r = rows[key]
@@ -135,7 +135,7 @@ def test_deterministic(tmp_path, fn, kwargs):
 
     first = tar_bytes("a", 5)
     assert first == tar_bytes("b", 5)
-    assert (tmp_path / "a" / "truth.json").read_bytes() == (tmp_path / "b" / "truth.json").read_bytes()
+    assert (tmp_path / "a" / "shards.truth.json").read_bytes() == (tmp_path / "b" / "shards.truth.json").read_bytes()
     assert first != tar_bytes("c", 6)
 
 
@@ -152,4 +152,4 @@ def test_truth_stays_outside_the_shard_folder(tmp_path):
 def test_cli(tmp_path, capsys):
     assert pc.main([str(tmp_path / "out" / "shards"), "--kind", "fields", "--samples", "50"]) == 0
     assert "50 samples (42 distinct, 4 exact copies, 4 near copies)" in capsys.readouterr().out
-    assert (tmp_path / "out" / "truth.json").is_file()
+    assert (tmp_path / "out" / "shards.truth.json").is_file()
