@@ -3,7 +3,8 @@
     OUT/embeddings/img_emb/img_emb_P.npy     float16, L2-normalised, one row per scored sample
     OUT/embeddings/text_emb/text_emb_P.npy   float16, L2-normalised, rows aligned with img_emb
     OUT/embeddings/metadata/metadata_P.parquet  key, caption, language, sizes, sha256, phash, clip_score,
-                                             where the sample sits in its input shard, and its url
+                                             where the sample sits in its input shard, its url, its
+                                             image member's extension and the image's real format
 
 P is the index of the input shard, so autofaiss and clip-retrieval can index the folders as they are.
 Samples that could not be scored (unreadable tar, undecodable image) are rows of OUT/decisions with
@@ -28,7 +29,7 @@ METADATA_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()), ("clip_score", pa.float32()),
     ("image_ext", pa.string()), ("shard_index", pa.int64()), ("source_shard", pa.string()),
-    ("source_index", pa.int64()), ("url", pa.string()),
+    ("source_index", pa.int64()), ("url", pa.string()), ("image_format", pa.string()),
 ])
 
 
@@ -44,7 +45,8 @@ def write_part(emb_dir: str, part: int, samples: list[Sample]) -> None:
     table = pa.Table.from_pylist([{
         "key": s.key, "caption": s.caption, "language": s.language, "width": s.width, "height": s.height,
         "sha256": s.sha256, "phash": s.phash, "clip_score": s.clip_score, "image_ext": s.image_ext, "shard_index": s.shard_index,
-        "source_shard": s.shard_path, "source_index": s.member_index, "url": s.url} for s in samples], schema=METADATA_SCHEMA)
+        "source_shard": s.shard_path, "source_index": s.member_index, "url": s.url,
+        "image_format": s.image_format} for s in samples], schema=METADATA_SCHEMA)
     fs.makedirs(fs.join(emb_dir, "metadata"))
     write_parquet(fs.join(emb_dir, "metadata", f"metadata_{part}.parquet"), table)
 
@@ -62,6 +64,7 @@ def read_part(emb_dir: str, part: int) -> list[Sample]:
                    member_index=m["source_index"], image_ext=m["image_ext"], caption=m["caption"],
                    language=m["language"], width=m["width"], height=m["height"], sha256=m["sha256"], phash=m.get("phash"),
                    clip_score=None if m["clip_score"] is None else stable(m["clip_score"]), url=m.get("url"),
+                   image_format=m.get("image_format"),  # stores before it lack it: the member keeps its name
                    image_embedding=img[i], text_embedding=txt[i]) for i, m in enumerate(meta)]
 
 

@@ -8,6 +8,7 @@ import os
 import tarfile
 import uuid
 import zlib
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -16,9 +17,20 @@ import webdataset as wds
 
 from curate import fs
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# Member extensions that hold a sample's image (the first present wins). The bytes decide the format,
+# never the name: a PNG stored as KEY.jpg decodes as PNG (filters/image.py).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "avif", "heic", "heif", "bmp", "gif", "tif", "tiff", "svg", "jxl")
+# Pillow's format name -> the extension a curated tar names the member by (its real format).
+FORMAT_EXTS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "HEIF": "heic",
+               "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
 # Fixed member mtime: same samples -> byte-identical tar, whenever it is written.
 TAR_MTIME = 0
+
+
+def format_ext(image_format: str | None, member_ext: str | None) -> str | None:
+    """The extension that names an image of Pillow format ``image_format`` (``JPEG`` -> ``jpg``,
+    ``PNG`` -> ``png``, ...); the member's own extension for a format without one here (or unknown)."""
+    return FORMAT_EXTS.get(image_format or "", member_ext)
 
 
 def sample_key(index: int) -> str:
@@ -122,16 +134,44 @@ def shard_stem(path: str) -> str:
     return name[: len(name) - len(suffix)]
 
 
-def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream ``(key, {ext: bytes})`` from a WebDataset tar (plain or gzip-compressed), one sample at a time.
+@dataclass(frozen=True)
+class TarGroup:
+    """One sample as webdataset groups a tar: consecutive members whose names share the key.
+
+    Two shapes webdataset reads without complaint or refuses are marked rather than smoothed over:
+    ``repeated`` names the members whose name occurs again inside the group (webdataset raises
+    ``duplicate file name``; ``fields`` holds the first copy), and ``earlier_index`` is set when the
+    key already had a group earlier in this tar, other keys' members in between (webdataset yields
+    a second sample with the same key; so does this reader, so sample indices are webdataset's).
+    """
+    key: str
+    fields: dict[str, bytes]
+    repeated: tuple[str, ...] = ()
+    earlier_index: int | None = None          # index of the key's first group in this tar
+    earlier_members: tuple[str, ...] = ()     # that group's member extensions
+
+
+def iter_tar_groups(path: str) -> Iterator[TarGroup]:
+    """Stream the samples of a WebDataset tar (plain or gzip-compressed) as ``TarGroup``s, one at a time.
 
     Only regular files count: directories, links and devices are skipped, so a hostile tar
     cannot point a reader anywhere. Raises TarReadError when the stream is corrupt or truncated,
     after the samples read before the damage. A gzip stream is read to its end after the tar's
     end marker, so that its checksum is verified: a bit flipped inside it raises TarReadError too
-    (after all samples, since a checksum cannot say which one it hit).
+    (after all samples, since a checksum cannot say which one it hit). Memory: one sample's bytes,
+    plus each key's first index and member extensions (to recognise a key that comes back).
     """
-    current_key, fields = None, {}
+    seen: dict[str, tuple[int, tuple[str, ...]]] = {}  # key -> (index, member extensions) of its first group
+    current_key, fields, repeated, count = None, {}, [], 0
+
+    def group() -> TarGroup:
+        nonlocal count
+        index, count = count, count + 1
+        first, members = seen.setdefault(current_key, (index, tuple(sorted(fields))))
+        if first == index:
+            return TarGroup(current_key, fields, tuple(repeated))
+        return TarGroup(current_key, fields, tuple(repeated), earlier_index=first, earlier_members=members)
+
     try:
         with fs.open(path, "rb") as f:
             head = f.read(2)
@@ -148,17 +188,27 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                     data = tar.extractfile(member).read()
                     if key != current_key:
                         if current_key is not None:
-                            yield current_key, fields
-                        current_key, fields = key, {}
-                    fields[ext] = data
+                            yield group()
+                        current_key, fields, repeated = key, {}, []
+                    if ext in fields:
+                        repeated.append(os.path.basename(member.name))
+                    else:
+                        fields[ext] = data
             while gz and gz.read(1 << 20):  # to the end: GzipFile checks the CRC there
                 pass
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         if current_key is not None:
-            yield current_key, fields
+            yield group()
         raise TarReadError(f"{path}: {type(e).__name__}: {e}") from e
     if current_key is not None:
-        yield current_key, fields
+        yield group()
+
+
+def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream ``(key, {ext: bytes})`` from a WebDataset tar, one sample at a time (see ``iter_tar_groups``,
+    whose grouping and indices it keeps; a repeated member name keeps its first copy)."""
+    for g in iter_tar_groups(path):
+        yield g.key, g.fields
 
 
 def sample_json(fields: dict[str, bytes]) -> dict:

@@ -15,9 +15,13 @@ import pyarrow as pa
 
 from curate import fs
 from curate.io import (
+    IMAGE_EXTS,
+    TarGroup,
     TarReadError,
+    format_ext,
     is_safe_key,
     is_shard_name,
+    iter_tar_groups,
     iter_tar_samples,
     sample_json,
     write_bytes,
@@ -32,6 +36,10 @@ log = logging.getLogger("curate")
 
 UNREADABLE_TAR = "unreadable_tar"
 UNSAFE_KEY = "unsafe_key"
+# Shapes webdataset itself refuses or splits (see curate.io.TarGroup): refused with their own reason,
+# never silently merged or counted twice.
+DUPLICATE_MEMBER = "duplicate_member"  # a member name occurs twice in one sample
+SPLIT_SAMPLE = "split_sample"          # a key's members come back after other keys' members: the later part
 DUPLICATE_KEY = "duplicate_key"
 
 
@@ -48,12 +56,38 @@ def list_input_shards(spec: str) -> list[str]:
     return sorted(fs.abspath(p) for p in paths)
 
 
+def is_whole_sample(fields: dict) -> bool:
+    """An image member and a caption: a sample that stands on its own."""
+    return "txt" in fields and any(ext in fields for ext in IMAGE_EXTS)
+
+
+def read_problem(group: TarGroup) -> tuple[str, str] | None:
+    """(reason, detail) when a sample of a raw tar cannot be taken as it was read, else None.
+
+    A key that comes back after other keys' members is read as webdataset reads it, as a second
+    sample: a whole one (image and caption) goes on, and ``UniqueKeys`` keeps one of the two
+    (``duplicate_key``); a part (a stray caption, image or json) is refused as ``split_sample``.
+    """
+    if not is_safe_key(group.key):
+        return UNSAFE_KEY, f"member name {group.key!r}"
+    if group.earlier_index is not None and not is_whole_sample(group.fields):
+        return SPLIT_SAMPLE, (f"key {group.key!r} was read at source_index {group.earlier_index} (members "
+                              f"{', '.join(group.earlier_members) or 'none'}) and comes back here, after other keys "
+                              f"(members {', '.join(sorted(group.fields)) or 'none'}): a sample's members must be "
+                              "adjacent; webdataset reads the parts as separate samples")
+    if group.repeated:
+        return DUPLICATE_MEMBER, (f"member name repeated in one sample: {', '.join(sorted(set(group.repeated)))} "
+                                  "(webdataset refuses it: duplicate file name)")
+    return None
+
+
 def read_shard(shard_index: int, path: str, total: int):
-    """(MAIN, RawSample) per sample of one raw shard, in order; a broken tar ends as one
-    (DECISIONS, row) after the samples read before the damage, never as a crash."""
+    """(MAIN, RawSample) per sample of one raw shard, in order, as webdataset groups members; a sample
+    that cannot be taken as read (``read_problem``) is one (DECISIONS, row), and a broken tar ends as
+    one (DECISIONS, row) after the samples read before the damage, never as a crash."""
     count, reading = 0, 0.0
     log.info("reading shard %d/%d %s", shard_index + 1, total, fs.basename(path))
-    samples = iter_tar_samples(path)
+    samples = iter_tar_groups(path)
     try:
         while True:
             # Time only the tar reading: downstream work runs inside the yield.
@@ -62,13 +96,13 @@ def read_shard(shard_index: int, path: str, total: int):
             reading += time.perf_counter() - t0
             if item is None:
                 break
-            key, fields = item
             count += 1
-            raw = RawSample(key, shard_index, path, count - 1, fields)
-            if is_safe_key(key):
+            raw = RawSample(item.key, shard_index, path, count - 1, item.fields)
+            problem = read_problem(item)
+            if problem is None:
                 yield MAIN, raw
             else:
-                yield DECISIONS, decision(raw, False, READ, UNSAFE_KEY, detail=f"member name {key!r}")
+                yield DECISIONS, decision(raw, False, READ, problem[0], detail=problem[1])
     except TarReadError as e:
         log.warning("shard %s: %s (kept the %d samples before the error)", path, e, count)
         stub = RawSample("", shard_index, path, -1, {})
@@ -113,7 +147,7 @@ SHARD_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("language", pa.string()),
     ("clip_score", pa.float32()), ("width", pa.int32()), ("height", pa.int32()),
     ("sha256", pa.string()), ("url", pa.string()), ("source_shard", pa.string()),
-    ("source_index", pa.int64()), ("phash", pa.string()),
+    ("source_index", pa.int64()), ("phash", pa.string()), ("image_format", pa.string()),
 ])
 
 
@@ -198,12 +232,15 @@ class WriteShardFn(beam.DoFn):
             meta = sample_json(fields)
             meta.update(key=s.key, caption=s.caption, language=s.language, clip_score=s.clip_score,
                         width=s.width, height=s.height, sha256=s.sha256, source_key=s.key,
-                        source_shard=fs.basename(s.shard_path))
-            members.append((s.key, {s.image_ext: fields[s.image_ext], "txt": s.caption, "json": meta}))
+                        source_shard=fs.basename(s.shard_path), image_format=s.image_format)
+            # The member is named by the image's real format (a PNG read from KEY.jpg is written as KEY.png).
+            ext = format_ext(s.image_format, s.image_ext)
+            members.append((s.key, {ext: fields[s.image_ext], "txt": s.caption, "json": meta}))
             rows.append({"key": s.key, "caption": s.caption, "language": s.language,
                          "clip_score": s.clip_score, "width": s.width, "height": s.height,
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
-                         "source_shard": s.shard_path, "source_index": s.member_index, "phash": s.phash})
+                         "source_shard": s.shard_path, "source_index": s.member_index, "phash": s.phash,
+                         "image_format": s.image_format})
         name = f"{shard_id:05d}"
         fs.makedirs(self._out_dir)
         write_tar(fs.join(self._out_dir, f"{name}.tar"), members)

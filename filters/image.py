@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
+
+try:  # HEIC/HEIF decode only where the optional pillow-heif plugin is installed (not a dependency)
+    import pillow_heif
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pillow_heif = None
 
 MISSING_IMAGE = "missing_image"
 EMPTY_IMAGE = "empty_image"
@@ -14,6 +21,7 @@ UNREADABLE_IMAGE = "unreadable_image"     # not an image format PIL knows, or a 
 TRUNCATED_IMAGE = "truncated_image"       # header fine, pixel data cut short
 CORRUPT_IMAGE = "corrupt_image"           # header fine, pixel data fails to decode
 DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than allowed: refused before decoding
+UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # a known image format Pillow cannot decode here
 
 
 def _describe(e: Exception) -> str:
@@ -26,21 +34,77 @@ class Decoded:
     image: Image.Image | None  # RGB, EXIF orientation applied; None when decoding failed
     width: int | None
     height: int | None
-    format: str | None
+    format: str | None  # Pillow's format name (JPEG, PNG, WEBP, AVIF, ...), or the sniffed one when unsupported
     reason: str | None = None
     detail: str | None = None
+
+
+# ISO-BMFF ``ftyp`` brands (major or compatible) of the still-image formats that live in that container.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes, for formats Pillow may not decode: ``SVG`` (XML
+    whose first element is ``<svg``), ``AVIF`` / ``HEIF`` (ISO-BMFF ``ftyp`` brands), ``JXL``; else None."""
+    if data[4:8] == b"ftyp":
+        size = int.from_bytes(data[:4], "big")
+        box = data[8:max(16, min(size, 256))]
+        brands = {box[0:4]} | {box[i:i + 4] for i in range(8, len(box) - 3, 4)}  # major, then compatible
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS or box[0:4] in (b"mif1", b"msf1"):
+            return "HEIF"
+        return None
+    if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "JXL"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<svg" in head):
+        return "SVG"
+    return None
+
+
+def _decodable(fmt: str) -> bool:
+    """Whether this Pillow (with its plugins) decodes ``fmt``: a failure is then the file's, not the format's."""
+    if fmt == "AVIF":
+        return bool(features.check("avif"))
+    return fmt == "HEIF" and pillow_heif is not None
+
+
+_WHY_NOT = {"HEIF": "no HEIF plugin (pillow-heif) is installed", "AVIF": "this Pillow has no AVIF support",
+            "SVG": "a vector image, which Pillow does not render", "JXL": "Pillow has no JPEG XL decoder"}
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def allow_pil(max_pixels: int) -> None:
+    """Raise PIL's decompression-bomb limit to ``max_pixels`` when it is lower, so that the configured
+    cap is the one that applies. PIL's check reads the module global ``Image.MAX_IMAGE_PIXELS`` (an
+    error above twice it, about 179M pixels by default, also while seeking GIF frames and loading TIFF
+    tiles); callers apply their own cap from the header. A process-wide setting, only ever raised,
+    never lowered (PIL's default stays for every smaller cap): no caller can undo another's."""
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels <= Image.MAX_IMAGE_PIXELS:
+        return
+    with _PIL_LIMIT_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def decode_image(data: bytes | None, max_pixels: int = 89_478_485) -> Decoded:
     """Decode ``data`` to RGB with EXIF rotation applied; never raises.
 
     The pixel cap is checked on the header, before any pixel is decoded, so a small file that
-    claims a huge canvas (a decompression bomb) costs nothing. PIL's own default cap is the default.
+    claims a huge canvas (a decompression bomb) costs nothing. PIL's own default cap is the default;
+    a larger ``max_pixels`` raises PIL's (see ``_allow_pil``), so the configured cap is the one that applies.
+    The format comes from the bytes, never from a member name; a format recognised by its first bytes
+    that Pillow cannot decode here (SVG, HEIF without plugin, JPEG XL) is ``unsupported_image_format``.
     """
     if data is None:
         return Decoded(None, None, None, None, MISSING_IMAGE)
     if len(data) == 0:
         return Decoded(None, None, None, None, EMPTY_IMAGE)
+    allow_pil(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
@@ -48,7 +112,10 @@ def decode_image(data: bytes | None, max_pixels: int = 89_478_485) -> Decoded:
     except Image.DecompressionBombError as e:
         return Decoded(None, None, None, None, DECOMPRESSION_BOMB, str(e))
     except Exception as e:  # PIL raises many types for unknown or broken headers
-        return Decoded(None, None, None, None, UNREADABLE_IMAGE, _describe(e))
+        fmt = sniff_format(data)
+        if fmt is not None and not _decodable(fmt):
+            return Decoded(None, None, None, fmt, UNSUPPORTED_IMAGE_FORMAT, f"{fmt}: {_WHY_NOT[fmt]}")
+        return Decoded(None, None, None, fmt, UNREADABLE_IMAGE, _describe(e))
     width, height, fmt = img.width, img.height, img.format
     if width * height > max_pixels:
         return Decoded(None, width, height, fmt, DECOMPRESSION_BOMB, f"{width}x{height} > {max_pixels} pixels")

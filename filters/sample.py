@@ -78,8 +78,8 @@ def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485, detect_lan
     sample.language = caption_language(sample.caption, sample.language, detect_language)
     if data is None:
         return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE, detail=members)
-    decoded = decode_image(data, max_image_pixels)
-    sample.width, sample.height = decoded.width, decoded.height
+    decoded = decode_image(data, max_image_pixels)  # the format comes from the bytes, whatever the member's name
+    sample.width, sample.height, sample.image_format = decoded.width, decoded.height, decoded.format
     if decoded.reason:
         return Verdict(sample, reason=decoded.reason, stage=DECODE, detail=decoded.detail)
     sample.phash = phash(decoded.image)  # the copy signal of near dedup (filters/phash.py)

@@ -76,6 +76,8 @@ def hostile(tmp_path_factory):
         "huge": ({"jpg": jpeg(), "txt": b"word " * 2_000_000}, None),
         "animated": ({"gif": animated_gif(), "txt": CAPTION}, None),
         "dotted.key": ({"jpg": jpeg(), "txt": CAPTION}, None),  # read as key 'dotted'; checked below
+        "svg": ({"svg": b'<svg xmlns="http://www.w3.org/2000/svg"/>', "txt": CAPTION}, "unsupported_image_format"),
+        "pngasjpg": ({"jpg": png(Image.open(io.BytesIO(jpeg()))), "txt": CAPTION}, None),  # kept, as .png
     }
     with tarfile.open(shards / "00000.tar", "w") as tar:
         for key, (members, _) in cases.items():
@@ -93,6 +95,10 @@ def hostile(tmp_path_factory):
         add(tar, "between.txt", CAPTION)
         add(tar, "dup.jpg", jpeg((310, 300)))
         add(tar, "dup.txt", CAPTION)
+        add(tar, "twice.jpg", jpeg((300, 310)))
+        add(tar, "twice.jpg", jpeg((320, 300)))
+        add(tar, "twice.txt", CAPTION)
+        add(tar, "between.json", b"{}")  # a stray part of 'between', after other keys
     data = (shards / "00000.tar").read_bytes()
     (shards / "00001.tar").write_bytes(data[: len(data) // 3])  # truncated mid-stream
     (shards / "00002.tar").write_bytes(b"this is not a tar file at all" * 100)
@@ -122,18 +128,24 @@ def test_each_bad_sample_has_its_reason(hostile):
     assert first["dotted"]["reason"] == "missing_caption" and "key.jpg" in first["dotted"]["detail"]
     assert first["/etc/abs"]["reason"] == "unsafe_key" and first["../escape"]["reason"] == "unsafe_key"
     assert first["linked"]["reason"] == "missing_image"  # a link is never followed
+    # A key that comes back as a whole sample is a second sample with that key; as a part, it is refused.
     dups = [r for r in rows if r["key"] == "dup" and r["source_shard"].endswith("00000.tar")]
     assert sorted(r["reason"] or "kept" for r in dups) == ["duplicate_key", "kept"]
+    between = [r for r in rows if r["key"] == "between" and r["source_shard"].endswith("00000.tar")]
+    assert sorted(r["reason"] or "kept" for r in between) == ["kept", "split_sample"]
+    assert first["twice"]["reason"] == "duplicate_member" and "twice.jpg" in first["twice"]["detail"]
+    assert first["svg"]["image_format"] == "SVG" and first["pngasjpg"]["image_format"] == "PNG"
 
 
 def test_odd_images_are_normalised_and_kept(hostile):
     _, out, _, rows, _ = hostile
     first = {r["key"]: r for r in rows if r["source_shard"].endswith("00000.tar")}
     assert (first["exifrot"]["width"], first["exifrot"]["height"]) == (240, 320)  # rotated upright
-    for key in ("cmyk", "alpha", "palette", "sixteen", "control", "huge", "animated"):
+    for key in ("cmyk", "alpha", "palette", "sixteen", "control", "huge", "animated", "pngasjpg"):
         assert first[key]["kept"], key
     import webdataset as wds
     got = {s["__key__"]: s for s in wds.WebDataset(str(out / "shards" / "00000.tar"), shardshuffle=False)}
+    assert set(got["pngasjpg"]) >= {"png", "txt", "json"} and "jpg" not in got["pngasjpg"]  # named by its format
     assert "\x07" not in got["control"]["txt"].decode() and "\x1b" not in got["control"]["txt"].decode()
 
 

@@ -42,9 +42,10 @@ def exportable(path: str) -> Iterator[tuple[CuratedSample, Decoded]]:
 
 def image_member(sample: CuratedSample, decoded: Decoded, allowed: tuple[str, ...] = ("jpg",)) -> tuple[str, bytes]:
     """(extension, bytes) of the image: the curated bytes when their extension is one the reader
-    takes, else the decoded image re-encoded as JPEG (quality 95), so nothing is dropped for format."""
+    takes (and matches the bytes' format: curated members are named by it, MPO being a JPEG), else the
+    decoded image re-encoded as JPEG (quality 95), so nothing is dropped for format."""
     ext = "jpg" if sample.image_ext == "jpeg" and "jpeg" not in allowed else sample.image_ext
-    if ext in allowed and (decoded.format == "JPEG") == (ext in ("jpg", "jpeg")):
+    if ext in allowed and (decoded.format in ("JPEG", "MPO")) == (ext in ("jpg", "jpeg")):
         return ext, sample.image
     buf = io.BytesIO()
     decoded.image.save(buf, format="JPEG", quality=95)
