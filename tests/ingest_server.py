@@ -30,6 +30,11 @@ FAULTS = {
     "/noimageindex-other-bot": None,           # X-Robots-Tag for another user agent only
     "/to-private": "refused_private_address",  # 302 -> http://169.254.169.254/ (cloud metadata)
     "/to-ftp": "refused_scheme",               # 302 -> ftp://
+    "/to-file": "refused_scheme",              # 302 -> file:///etc/passwd (urllib's own refusal reads as a 302)
+    "/to-gopher": "refused_scheme",            # 302 -> gopher://
+    "/to-credentials": "refused_credentials",  # 302 -> http://user:secret@127.0.0.1/... (never sent)
+    "/space in path.jpg": None,                # sent as /space%20in%20path.jpg, as browsers do
+    "/crlf.jpg\r\nX-Injected: yes": "bad_url", # CR/LF would inject a header: never sent
     "/huge": "too_large",                      # Content-Length above the byte cap
     "/loop": "redirect_error",                 # redirects to itself
 }
@@ -135,6 +140,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._redirect(302, "http://169.254.169.254/latest/meta-data/")
             elif path == "/to-ftp":
                 self._redirect(302, "ftp://127.0.0.1/x.jpg")
+            elif path == "/to-file":
+                self._redirect(302, "file:///etc/passwd")
+            elif path == "/to-gopher":
+                self._redirect(302, "gopher://127.0.0.1:70/1")
+            elif path == "/to-credentials":
+                self._redirect(302, f"http://user:secret@127.0.0.1:{srv.server_address[1]}/img/0.jpg")
+            elif path == "/space%20in%20path.jpg":
+                self._send(200, srv.image(5))
             elif path == "/huge":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")

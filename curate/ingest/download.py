@@ -43,22 +43,26 @@ from curate.ingest.shard import (
     status_reason,
 )
 from curate.io import TAR_MTIME, iter_tar_samples, read_parquet, write_tar
+from filters.image import allow_pil
 
 
 class PixelLimit:
     """Refuse an image whose header declares more than ``max_pixels`` before img2dataset's Resizer
-    decodes it: OpenCV would allocate the whole bitmap first (its own limit is 2**30 pixels)."""
+    decodes it: OpenCV would allocate the whole bitmap first. The cap is this one, not PIL's limit
+    (``allow_pil``); OpenCV's decoder refuses more than 2**30 pixels itself, the most
+    ``ingest.max_image_pixels`` takes."""
 
     def __init__(self, resizer, max_pixels: int):
         self._resizer, self._max = resizer, max_pixels
 
     def __call__(self, img_stream, blurring_bbox_list=None):
+        allow_pil(self._max)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
                 with Image.open(img_stream) as im:
                     width, height = im.size
-        except Image.DecompressionBombError as e:
+        except Image.DecompressionBombError as e:  # more than twice PIL's limit, so more than the cap
             return None, None, None, None, None, f"{DECOMPRESSION_BOMB}: {e}"
         except Exception:  # noqa: BLE001 - not readable by PIL: the Resizer reports its own error
             width = height = 0

@@ -6,6 +6,12 @@ This module is the one place every request goes through. The address check runs 
 socket connect of every hop (redirects open new connections), on the addresses it actually
 connects to, so a DNS answer that changes between check and connect cannot slip through.
 Each refusal raises ``Refused`` with its own reason, recorded as the row's status.
+
+Every URL, the table's and each redirect target alike, is checked and normalised by ``check_url``
+before a request is built: http(s) only, no credentials, host names IDNA-encoded, spaces and
+non-ASCII characters of path and query percent-encoded as browsers send them, control characters
+refused. Proxy environment variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY ...) are ignored: through a
+proxy the target's address would be resolved by the proxy, out of the guard's sight.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import functools
 import http.client
 import io
 import ipaddress
+import re
 import socket
 import time
 import urllib.error
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 # Reasons recorded in the shard parquet (``reason`` column, and the prefix of ``error_message``).
 REFUSED_SCHEME = "refused_scheme"
 REFUSED_ADDRESS = "refused_private_address"
+REFUSED_CREDENTIALS = "refused_credentials"
 TOO_LARGE = "too_large"
 WRONG_CONTENT_TYPE = "wrong_content_type"
 OPTED_OUT = "opted_out"
@@ -32,15 +40,21 @@ CONNECTION_ERROR = "connection_error"
 BAD_URL = "bad_url"
 REDIRECT_ERROR = "redirect_error"
 DOWNLOAD_ERROR = "download_error"
-REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT, TIMEOUT, DNS_ERROR,
-                     CONNECTION_ERROR, BAD_URL, REDIRECT_ERROR, DOWNLOAD_ERROR})  # plus http_<code>
+REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, REFUSED_CREDENTIALS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT,
+                     TIMEOUT, DNS_ERROR, CONNECTION_ERROR, BAD_URL, REDIRECT_ERROR, DOWNLOAD_ERROR})  # plus http_<code>
 # What a retry cannot change: the same URL is refused again by the same policy.
-POLICY_REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT, BAD_URL})
+POLICY_REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, REFUSED_CREDENTIALS, TOO_LARGE, WRONG_CONTENT_TYPE,
+                            OPTED_OUT, BAD_URL})
 
 ALLOWED_SCHEMES = ("http", "https")
 # Images are also served as generic binary by many CDNs; anything else (text/html ...) is an error page.
 IMAGE_CONTENT_TYPES = ("application/octet-stream", "binary/octet-stream")
 MAX_REDIRECTS = 5
+# Printable ASCII but the space: what stays as it is in a path or query (``%`` included, so escapes
+# already there are kept); spaces and non-ASCII characters are percent-encoded (UTF-8), as browsers do.
+_URL_SAFE = "".join(map(chr, range(0x21, 0x7F)))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_NAME = re.compile(r"[a-z0-9._-]+")  # after IDNA encoding (underscores occur in real host names)
 # img2dataset's browser-like agent string, with its opt-in token format.
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 
@@ -76,6 +90,76 @@ def parse_networks(spec: str | None) -> tuple:
             except ValueError as e:
                 raise ValueError(f"not a network (CIDR): {item.strip()!r}: {e}") from None
     return tuple(nets)
+
+
+def _ascii_host(host: str) -> str:
+    """A host name as DNS and the Host header carry it: IDNA 2008 with UTS #46 mapping (what browsers
+    send: ``bücher.example`` -> ``xn--bcher-kva.example``); the ``idna`` package when installed, else
+    Python's IDNA 2003 codec (which differs only for a few characters such as ß)."""
+    if host.isascii():
+        return host
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - idna ships with requests, which the stack installs
+        idna = None
+    try:
+        if idna is not None:
+            return idna.encode(host, uts46=True).decode("ascii").lower()
+        return host.encode("idna").decode("ascii").lower()
+    except (UnicodeError, ValueError) as e:  # idna.IDNAError is a UnicodeError
+        raise Refused(BAD_URL, f"host {host!r} is not a valid internationalised name: {e}") from None
+
+
+def check_url(url, redirect: bool = False) -> str:
+    """``url`` as it will be requested, or ``Refused``. ``redirect``: a redirect's target (the
+    reasons are the same; the detail says so).
+
+    Rules, in order: a non-empty string (surrounding whitespace removed); no control character
+    (CR/LF would inject headers; browsers silently drop some, we refuse them all): ``bad_url``; a
+    scheme, and it is http or https: ``bad_url`` / ``refused_scheme``; a host: ``bad_url``; no
+    ``user:password@`` (never sent, nor resolved): ``refused_credentials``; a valid host and port:
+    ``bad_url``. The host is IDNA-encoded, path and query percent-encoded where browsers do it, the
+    fragment dropped (never sent).
+    """
+    what = "redirect to " if redirect else ""
+    if not isinstance(url, str) or not url.strip():
+        raise Refused(BAD_URL, f"{what}not a URL: {url!r}"[:200])
+    url = url.strip(" \t\r\n\f\v")
+    if _CONTROL.search(url):
+        raise Refused(BAD_URL, f"{what}control character in URL: {url[:200]!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:
+        raise Refused(BAD_URL, f"{what}{e}: {url[:200]!r}") from None
+    scheme = parts.scheme.lower()
+    if not scheme or ("." in scheme and not parts.netloc):  # example.com:80/x.jpg: a host, not a scheme
+        raise Refused(BAD_URL, f"{what}no scheme: {url[:200]!r}")
+    if scheme not in ALLOWED_SCHEMES:
+        raise Refused(REFUSED_SCHEME, f"{what}{scheme} scheme: {url[:200]}")
+    if "@" in parts.netloc:
+        # The detail names neither the user nor the password (the row's url column holds the URL).
+        raise Refused(REFUSED_CREDENTIALS, f"{what}credentials (user:password@) in the URL of host "
+                                           f"{parts.netloc.rsplit('@', 1)[1][:100]!r}")
+    if not parts.hostname:
+        raise Refused(BAD_URL, f"{what}no host: {url[:200]!r}")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise Refused(BAD_URL, f"{what}{e}: {url[:200]!r}") from None
+    if "[" in parts.netloc:  # an IPv6 literal (urlsplit checked the brackets)
+        try:
+            ipaddress.ip_address(parts.hostname.split("%", 1)[0])
+        except ValueError:
+            raise Refused(BAD_URL, f"{what}not an IPv6 address: {parts.hostname!r}") from None
+        host = f"[{parts.hostname}]"
+    else:
+        host = _ascii_host(parts.hostname)
+        if not _HOST_NAME.fullmatch(host):
+            raise Refused(BAD_URL, f"{what}invalid host name: {parts.hostname[:100]!r}")
+    netloc = host if port is None else f"{host}:{port}"
+    path = urllib.parse.quote(parts.path, safe=_URL_SAFE) or "/"
+    query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+    return urllib.parse.urlunsplit((scheme, netloc, path, query, ""))
 
 
 def address_problem(ip: str, allow_networks: tuple = ()) -> str | None:
@@ -157,19 +241,35 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, with every target through ``check_url`` first (urllib itself turns a
+    file:// or gopher:// target into an HTTPError, which would read as a redirect_error)."""
     max_redirections = MAX_REDIRECTS
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-        if scheme not in ALLOWED_SCHEMES:
-            raise Refused(REFUSED_SCHEME, f"redirect to {scheme or 'no'} scheme: {newurl[:200]}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def http_error_302(self, req, fp, code, msg, headers):
+        name = next((n for n in ("location", "uri") if n in headers), None)
+        if name is not None:
+            target = headers[name]
+            try:  # http.client decodes headers as ISO-8859-1: recover a UTF-8 target's characters
+                target = target.encode("iso-8859-1").decode("utf-8")
+            except UnicodeError:
+                pass
+            try:
+                target = check_url(urllib.parse.urljoin(req.full_url, target), redirect=True)
+            except Refused:
+                fp.close()
+                raise
+            del headers[name]
+            headers[name] = target  # plain ASCII now: urllib's own quoting leaves it as it is
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 @functools.lru_cache(maxsize=8)
 def opener(policy: Policy) -> urllib.request.OpenerDirector:
-    """urllib opener with only http(s), guarded connects and re-checked redirects; no proxies
-    (the guard checks the address it connects to, which with a proxy would be the proxy's)."""
+    """urllib opener with only http(s), guarded connects and re-checked redirects; no proxies, not
+    even from HTTP_PROXY and the like (no ProxyHandler: the guard checks the address it connects
+    to, which with a proxy would be the proxy's)."""
     director = urllib.request.OpenerDirector()
     for handler in (_HTTPHandler(policy), _HTTPSHandler(policy), _RedirectHandler(),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
@@ -184,16 +284,12 @@ def user_agent(token: str | None) -> str:
 def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = None,
           disallowed_header_directives=None) -> bytes:
     """The body of ``url`` under ``policy``; raises Refused or the network error (urllib's)."""
-    if not isinstance(url, str) or not url.strip():
-        raise Refused(BAD_URL, f"not a URL: {url!r}"[:200])
-    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        raise Refused(REFUSED_SCHEME, f"{scheme or 'no'} scheme: {url[:200]}")
+    url = check_url(url)
     from img2dataset.downloader import (
         is_disallowed,  # imported here: img2dataset takes seconds to import
     )
 
-    request = urllib.request.Request(url.strip(), headers={"User-Agent": user_agent(user_agent_token)})
+    request = urllib.request.Request(url, headers={"User-Agent": user_agent(user_agent_token)})
     start = time.monotonic()
     with opener(policy).open(request, timeout=timeout) as response:
         # img2dataset's own X-Robots-Tag parser: same directives, same user-agent token rule.

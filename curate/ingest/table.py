@@ -6,6 +6,7 @@ through file objects of curate.fs.
 Columns are renamed to img2dataset's names (``url``, ``caption``); every other column is carried
 into each sample's json and the shard parquet, renamed ``input_NAME`` where it would overwrite a
 column img2dataset writes itself (DataComp's ``sha256``, ``original_width`` ...).
+A missing caption (null, NaN) stays null; a caption column that is not text is refused (_caption_text).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import io
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -95,7 +97,15 @@ def column_names(path: str) -> list[str]:
     except (OSError, pa.ArrowInvalid, ValueError) as e:
         if isinstance(e, TableError):
             raise
-        raise TableError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise _read_error(path, e) from None
+
+
+def _read_error(path: str, e: Exception) -> TableError:
+    """pyarrow's or Python's reading error as one line naming the table."""
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "invalid UTF8" in message or isinstance(e, UnicodeError):
+        message = f"not UTF-8 text ({message}); re-encode the file as UTF-8"
+    return TableError(f"cannot read {path}: {message}")
 
 
 def _csv_parse(fmt: str):
@@ -123,30 +133,69 @@ def _json_safe(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
     return column
 
 
-def read_table(path: str, url_col: str, caption_col: str | None) -> pa.Table:
-    """One table file -> columns url, caption (when configured) and the carried others, in file order."""
+def _caption_text(path: str, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The caption column as strings. Missing captions (null, or NaN in a float column) stay null:
+    the row is downloaded and its sample gets an empty KEY.txt, as img2dataset writes a missing
+    caption. Any other non-text value (a number, a boolean, a list ...) is refused for the whole
+    table: the column types of parquet, csv and jsonl are per column (pyarrow refuses a jsonl column
+    whose type changes), so a column holding numbers is the wrong column, not odd rows."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    if pa.types.is_floating(col.type):
+        col = pa.chunked_array([pc.if_else(pc.is_nan(c), pa.scalar(None, c.type), c) for c in col.chunks],
+                               col.type)
+    values = col.drop_null()
+    if len(values):
+        first = pc.index(col, values[0]).as_py()
+        raise TableError(f"{path}: caption column {name!r} holds {col.type} values, not text (row {first}: "
+                         f"{values[0].as_py()!r}); store captions as strings, or set ingest.caption_col "
+                         f"(null = no caption)")
+    return pa.chunked_array([pa.nulls(len(c), pa.string()) for c in col.chunks], pa.string())
+
+
+def _not_utf8(path: str, table: pa.Table) -> None:
+    """A csv/tsv column pyarrow could only read as binary holds bytes that are not UTF-8."""
+    for name in table.column_names:
+        if pa.types.is_binary(table.column(name).type) or pa.types.is_large_binary(table.column(name).type):
+            raise TableError(f"{path}: column {name!r} is not UTF-8 text (re-encode the file as UTF-8)")
+
+
+def read_table(path: str, url_col: str, caption_col: str | None, check_only: bool = False) -> pa.Table:
+    """One table file -> columns url, caption (when configured) and the carried others, in file order.
+
+    Raises TableError (one line) for a table whose contents cannot be ingested: not parseable, not
+    UTF-8, a jsonl column whose type changes, a caption column that is not text. ``check_only``:
+    only what those checks need (a parquet file's url and caption columns; a text table whole).
+    """
     check_columns(path, url_col, caption_col)
     fmt = table_format(path)
     text = [c for c in (url_col, caption_col) if c]
     try:
         with _source(path, fmt) as src:
             if fmt == "parquet":
-                table = pq.read_table(src)
+                table = pq.read_table(src, columns=text if check_only else None)
             elif fmt.startswith(("csv", "tsv")):
                 table = pa_csv.read_csv(src, parse_options=_csv_parse(fmt), convert_options=pa_csv.ConvertOptions(
                     column_types={c: pa.string() for c in text}, strings_can_be_null=True))
+                _not_utf8(path, table)
             else:
                 table = pa_json.read_json(src)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise TableError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, pa.ArrowInvalid, ValueError) as e:
+        if isinstance(e, TableError):
+            raise
+        raise _read_error(path, e) from None
     columns, names = [], []
     for name in table.column_names:
         col = table.column(name)
-        if name in text:
+        if name == url_col:
+            # A URL that is not a string (a number ...) becomes its text: bad_url for that row.
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
                 col = col.cast(pa.string()) if not pa.types.is_nested(col.type) else pa.array(
                     [None] * len(table), pa.string())
-            names.append("url" if name == url_col else "caption")
+            names.append("url")
+        elif name == caption_col:
+            col = _caption_text(path, name, col)
+            names.append("caption")
         else:
             col = _json_safe(col)
             if col is None:
