@@ -23,6 +23,9 @@ scores; the same scores from its decisions, and the warnings it printed.
 Part 3, the clustered hash search (used above ``dedup.near_flat_max`` samples): the hashes of all
 three corpora searched with k-means clusters forced (about 2 sqrt(n) of them) against the exact
 flat search, for several (assignments, border) settings: the share of pairs at distance <= 10 found.
+With ``--hash-scale N`` the same on N hashes of random crops of the real photographs (random
+position and size, 1% of them planted near copies: re-encoded, rescaled or shifted by a few
+pixels), where the flat search is the truth and clusters number about 2 sqrt(N) as in the pipeline.
 """
 from __future__ import annotations
 
@@ -102,8 +105,8 @@ def rule_rows(name: str, scored: str, truth: dedup_truth.Truth) -> list[str]:
     return rows
 
 
-def pipeline_row(name: str, corpus: str, scored: str, out: str, truth: dedup_truth.Truth) -> str:
-    text = quiet_run(["--pipeline", "laion_filter", "--input", corpus, "--output", out, "--overwrite",
+def pipeline_row(name: str, scored: str, out: str, truth: dedup_truth.Truth) -> str:
+    text = quiet_run(["--pipeline", "laion_filter", "--output", out, "--overwrite",
                       "--set", f"scores={scored}", "--set", "select.clip_threshold=-1"])
     rows = {r["key"]: r for r in pq.read_table(os.path.join(out, "decisions")).to_pylist()}
     ds = dedup_truth.decision_scores(truth, rows)
@@ -122,11 +125,53 @@ def hash_search_rows(scored_dirs: list[str], max_distance: int = 10) -> list[str
     cos = phash.cosine_at(max_distance)
     flat = set(zip(*(a.tolist() for a in dedup.pairs_above(x, cos)[:2]), strict=True))
     rows = []
-    for m, border in ((2, 0.1), (2, 0.3), (3, 0.3), (4, 0.4)):
+    for m, border in ((2, 0.1), (3, 0.3), (4, 0.4), (8, 0.6)):
         i, j, _ = dedup.near_pairs(x, cos, ranks, flat_max=100, assignments=m, border=border)
         found = set(zip(i.tolist(), j.tolist(), strict=True))
         rows.append(f"| {len(x)} | {dedup.cluster_count(len(x), 100)} | {m} | {border} | {len(flat)} | "
                     f"{len(found & flat)} | {len(found & flat) / len(flat):.3f} |")
+    return rows
+
+
+def crop_hashes(n: int, seed: int = 0) -> np.ndarray:
+    """pHashes (as +-1/8 vectors) of ``n`` random crops of the real photographs; 1% near copies."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = [p.load() for p in photo_corpus.real_photos()]
+    hashes = []
+    originals = []
+    for i in range(n):
+        if originals and rng.random() < 0.01:  # a near copy of an earlier crop
+            img = originals[rng.integers(len(originals))]
+            w, h = img.size
+            img = img.resize((max(8, int(w * 0.9)), max(8, int(h * 0.9))), Image.BICUBIC)
+        else:
+            photo = photos[rng.integers(len(photos))]
+            side = int(rng.integers(48, min(photo.size) // 2))
+            x, y = int(rng.integers(0, photo.width - side)), int(rng.integers(0, photo.height - side))
+            img = photo.crop((x, y, x + side, y + side)).resize((64, 64), Image.BILINEAR)
+            if len(originals) < 10_000:
+                originals.append(img)
+        hashes.append(phash.to_vector(phash.phash(img)))
+    return np.stack(hashes)
+
+
+def hash_scale_rows(n: int, max_distance: int = 10) -> list[str]:
+    x = crop_hashes(n)
+    cos = phash.cosine_at(max_distance)
+    ranks = np.array([dedup.training_rank(f"{i}", (0, i)) for i in range(n)], dtype=np.uint64)
+    t0 = time.time()
+    flat = set(zip(*(a.tolist() for a in dedup.pairs_above(x, cos)[:2]), strict=True))
+    flat_s = time.time() - t0
+    k = dedup.cluster_count(n, 1)
+    rows = []
+    for m, border in ((2, 0.1), (3, 0.3), (4, 0.4), (8, 0.6)):
+        t0 = time.time()
+        i, j, _ = dedup.near_pairs(x, cos, ranks, flat_max=1, assignments=m, border=border)
+        found = set(zip(i.tolist(), j.tolist(), strict=True))
+        rows.append(f"| {n} | {k} | {m} | {border} | {len(flat)} | {len(found & flat)} | "
+                    f"{len(found & flat) / max(1, len(flat)):.4f} | {time.time() - t0:.1f} (flat {flat_s:.1f}) |")
     return rows
 
 
@@ -135,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", help="folder for corpora and scores (default: a temporary one)")
     ap.add_argument("--samples", type=int, default=2000, help="built-in corpus size")
     ap.add_argument("--fields", type=int, default=400, help="random-field corpus size")
+    ap.add_argument("--hash-scale", type=int, nargs="*", default=[], metavar="N",
+                    help="also: clustered vs flat hash search on N hashes of random photo crops")
     args = ap.parse_args(argv)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,19 +198,26 @@ def main(argv=None) -> int:
             truth = dedup_truth.load_truth(corpus)
             for row in rule_rows(name, scored, truth):
                 print(row)
-            tables.append(pipeline_row(name, corpus, scored, os.path.join(work, name, "curated"), truth))
+            tables.append(pipeline_row(name, scored, os.path.join(work, name, "curated"), truth))
         print("\nlaion_filter, default config, select.clip_threshold=-1, over the stored scores:\n")
         print("| corpus | exact copies dropped | near copies caught | distinct wrongly dropped | near_duplicate rows | "
               "largest dup_hash_distance | warnings |")
         print("|---|---|---|---|---|---|---|")
         for row in tables:
             print(row)
-        print("\nclustered hash search vs flat, pairs at distance <= 10 (defaults: dedup.phash_assignments=3, "
-              "dedup.phash_border=0.3):\n")
+        print("\nclustered hash search vs flat, pairs at distance <= 10 (defaults: dedup.phash_assignments=8, "
+              "dedup.phash_border=0.6):\n")
         print("| hashes | clusters | assignments | border | flat pairs | found | recall |")
         print("|---|---|---|---|---|---|---|")
         for row in hash_search_rows([os.path.join(work, name, "scored") for name in corpora]):
             print(row)
+        if args.hash_scale:
+            print("\nclustered hash search vs flat on hashes of random photo crops (pairs at distance <= 10):\n")
+            print("| hashes | clusters | assignments | border | flat pairs | found | recall | search s |")
+            print("|---|---|---|---|---|---|---|---|")
+            for n in args.hash_scale:
+                for row in hash_scale_rows(n):
+                    print(row, flush=True)
         print(f"\n({time.time() - t0:.0f} s; settings {json.dumps({'samples': args.samples, 'fields': args.fields})})")
     return 0
 

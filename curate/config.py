@@ -7,6 +7,7 @@ that names the key and what it allows.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class Option:
     min: float | None = None
     max: float | None = None
     nullable: bool = False
+    required: tuple[str, ...] = ()  # dict: names that must be present
 
     def describe(self) -> str:
         noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -46,6 +48,8 @@ class Option:
             bounds.append(f"<= {self.max}")
         if bounds:
             noun += " " + " and ".join(bounds)
+        if self.required:
+            noun += " with " + " and ".join(f"a {name!r} entry" for name in self.required)
         return noun + (" or null" if self.nullable else "")
 
     def check(self, key: str, value: Any) -> Any:
@@ -54,8 +58,11 @@ class Option:
         if self.kind is dict:
             if not isinstance(value, dict):
                 raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+            missing = [name for name in self.required if name not in value]
+            if missing:
+                raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
             number = Option(float, self.help, min=self.min, max=self.max)
-            return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items())}
+            return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
         if self.kind is list:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or (
                     self.choices and not set(value) <= set(self.choices)):
@@ -64,6 +71,9 @@ class Option:
         ok = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
+        if ok and self.kind is float and not math.isfinite(value):  # NaN would pass every comparison below
+            raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r} "
+                              "(NaN and infinity are not numbers a setting can hold)")
         if ok and self.choices and value not in self.choices:
             ok = False
         if ok and self.min is not None and value < self.min:
@@ -91,6 +101,10 @@ def flatten(tree: dict, prefix: str = "", leaves: frozenset = frozenset()) -> di
 
 
 def _unknown(key: str, schema: Schema) -> ConfigError:
+    inside = sorted(k for k in schema if k.startswith(key + "."))
+    if inside:  # --set 'shards={samples_per_shard: 10}': a section given as one value
+        return ConfigError(f"config error: {key} is a section, not a key; set its keys one by one: "
+                           f"{', '.join(inside)} (e.g. --set {inside[0]}=...)")
     section = key.rsplit(".", 1)[0] + "." if "." in key else ""
     siblings = sorted(k for k in schema if k.startswith(section) and "." not in k[len(section):])
     allowed = ", ".join(siblings or sorted(schema))

@@ -55,6 +55,10 @@ class Sample:
     text_embedding: np.ndarray | None = field(default=None, repr=False)
     url: str | None = None  # the input json's url (exact dedup on url + caption)
     phash: str | None = None  # perceptual hash of the image, 16 hex digits (filters.phash)
+    # the score threshold the sample passed (select.clip_threshold, its language's, or the top-fraction
+    # cut); set by selection on a copy, so the rows of later steps record it
+    clip_threshold: float | None = None
+    image_format: str | None = None  # Pillow's format name (JPEG, PNG, WEBP, AVIF, ...), from the bytes
 
     @property
     def order(self) -> tuple[int, int]:
@@ -72,6 +76,7 @@ DECISION_SCHEMA = pa.schema([
     ("detail", pa.string()),          # e.g. the decoder's error message
     ("width", pa.int32()),
     ("height", pa.int32()),
+    ("image_format", pa.string()),    # Pillow's format name of the image bytes (JPEG, PNG, WEBP, AVIF, ...)
     ("language", pa.string()),
     ("caption_chars", pa.int32()),
     ("sha256", pa.string()),
@@ -92,9 +97,12 @@ def decision(sample: Sample | RawSample, kept: bool, stage: str, reason: str | N
     row.update(key=sample.key, source_shard=sample.shard_path, source_index=sample.member_index,
                kept=kept, reason=reason, stage=stage)
     if isinstance(sample, Sample):
-        row.update(width=sample.width, height=sample.height, language=sample.language,
-                   caption_chars=None if sample.caption is None else len(sample.caption),
-                   sha256=sample.sha256, phash=sample.phash, clip_score=sample.clip_score)
+        row.update(width=sample.width, height=sample.height, image_format=sample.image_format,
+                   language=sample.language,
+                   # stripped, as the caption rule counts (filters.basic.caption_too_short)
+                   caption_chars=None if sample.caption is None else len(sample.caption.strip()),
+                   sha256=sample.sha256, phash=sample.phash, clip_score=sample.clip_score,
+                   clip_threshold=sample.clip_threshold)
     unknown = set(values) - set(row)
     if unknown:
         raise KeyError(f"not decision columns: {sorted(unknown)}")

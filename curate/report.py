@@ -64,7 +64,8 @@ def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_s
         "runner": runner,
         "config": config,
     }
-    write_bytes(fs.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False).encode())
+    # allow_nan=False: bare NaN is not JSON (the config refuses NaN and infinity; counts and times are finite)
+    write_bytes(fs.join(out_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False, allow_nan=False).encode())
     return report
 
 

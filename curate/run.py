@@ -3,6 +3,10 @@
 Everything the CLI does not know itself (``--runner``, ``--direct_num_workers``, ``--project`` ...)
 goes to Beam unchanged. Without ``--runner`` the pipeline runs on Beam's FnApiRunner, the local
 runner that needs no network (Beam's default first tries to download the Prism runner).
+
+The command and the config are checked against the pipeline's spec (pipelines/specs.py) before
+Beam, torch or open_clip is imported, so a mistake costs a fraction of a second; everything else
+that can be checked is checked before the output folder is touched.
 """
 from __future__ import annotations
 
@@ -13,24 +17,24 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from curate import config as config_lib
 from curate import fs
-from curate.io import dumps_json, write_bytes
+from pipelines.specs import ALL_OUTPUTS, PIPELINES, RAW, PipelineSpec
 
 log = logging.getLogger("curate")
 
-PIPELINES = {"laion_filter": "pipelines.laion_filter", "score": "pipelines.score", "export": "pipelines.export",
-             "ingest": "pipelines.ingest"}
 DEFAULT_RUNNER = "FnApiRunner"
-# What a run writes under its output folder; --overwrite removes exactly these, nothing else.
-RUN_OUTPUTS = ("shards", "decisions", "embeddings", "report.json", "exports", "raw",
-               "contrastive", "flava", "chameleon", "llava", "blip2")  # the last five: export's folders
-RUN_MARKER = ".curate_run.json"  # the settings of the run that owns the folder
+RUN_MARKER = ".curate_run.json"  # the pipeline and settings of the run that owns the folder
+REPORT = "report.json"  # written last: a folder holding it holds a completed run
+# What prepare_output found: no run of these settings, an interrupted one, a completed one.
+NEW, RESUME, RERUN = "new", "resume", "rerun"
 # Config keys that do not change what a run produces: the same folder resumes with either value.
 NOT_SETTINGS = ("output", "ingest.retry_failed")
 TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what curate.io.atomic_path writes before renaming
@@ -40,23 +44,20 @@ class UsageError(Exception):
     """A problem found before any work; printed as one line."""
 
 
-def _pipeline_module(name: str):
+class Interrupted(Exception):
+    """Ctrl-C once the run had started; the message says how to resume."""
+
+
+def _spec(name: str) -> PipelineSpec:
     if name not in PIPELINES:
         raise UsageError(f"unknown pipeline {name!r}; choose one of: {', '.join(sorted(PIPELINES))}")
-    return importlib.import_module(PIPELINES[name])
-
-
-def _description(module: str) -> str:
-    try:
-        return importlib.import_module(module).DESCRIPTION
-    except ImportError as e:  # one pipeline's missing dependency must not break the others
-        return f"(unavailable here: {e})"
+    return PIPELINES[name]
 
 
 def _epilog() -> str:
     lines = ["pipelines (default config in configs/NAME.yaml):"]
-    for name, module in sorted(PIPELINES.items()):
-        lines.append(f"  {name:<14} {_description(module)}")
+    for name, spec in sorted(PIPELINES.items()):
+        lines.append(f"  {name:<14} {spec.description}")
         lines.append(f"  {'':<14} config: {config_lib.CONFIG_DIR / (name + '.yaml')}")
     lines.append("Any other --flag is a Beam pipeline option, e.g. --runner=DirectRunner "
                  "--direct_running_mode=multi_processing --direct_num_workers=2.")
@@ -64,12 +65,8 @@ def _epilog() -> str:
 
 
 def parse_args(argv):
-    # The epilog imports every pipeline module: build it only when help is shown.
-    seen = sys.argv[1:] if argv is None else argv
-    wants_help = not seen or "-h" in seen or "--help" in seen
     ap = argparse.ArgumentParser(prog="python -m curate.run", description=__doc__.split("\n")[0],
-                                 epilog=_epilog() if wants_help else None,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", required=True, help="which pipeline to run (listed below)")
     ap.add_argument("--config", help="YAML file overriding the pipeline's default config")
     ap.add_argument("--input", help="raw shards: a folder, a glob or one .tar, .tar.gz or .tgz (default: the built-in "
@@ -79,45 +76,132 @@ def parse_args(argv):
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one config key, e.g. --set select.clip_threshold=0.3 (repeatable)")
     ap.add_argument("--overwrite", action="store_true",
-                    help="replace the outputs of an earlier run in the output folder")
+                    help="replace an earlier run of this pipeline in the output folder: removes only what this "
+                    "pipeline writes there, never what the run reads, nor what a run of another pipeline wrote")
+    ap.add_argument("--overwrite-also", default="", metavar="NAME[,NAME]",
+                    help="with --overwrite: also remove these, although a run of another pipeline wrote them "
+                    f"({', '.join(ALL_OUTPUTS)})")
     return ap.parse_known_args(argv)
 
 
-def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}") -> bool:
-    """Make ``out`` ready for this run; return True when it resumes an interrupted identical run.
+def check_command(args, cfg: dict) -> tuple[str, ...]:
+    """The flags and keys that only make sense together, before any import or work; returns the
+    names given to --overwrite-also."""
+    if not cfg["output"].strip():
+        raise UsageError(f"--output is empty: it would write into the current folder; name a folder, "
+                         f"e.g. --output curate-out/{args.pipeline}")
+    if cfg.get("input") is not None and not cfg["input"].strip():
+        raise UsageError("--input is empty: name a folder, a glob or a file")
+    if cfg.get("scores") and cfg.get("input") is not None:
+        raise UsageError(f"input and scores both name what to curate: a run on stored scores curates the samples "
+                         f"that {cfg['scores']!r} scored (their shards are recorded there); drop --input, or scores")
+    also = tuple(name.strip() for name in args.overwrite_also.split(",") if name.strip())
+    if also and not args.overwrite:
+        raise UsageError("--overwrite-also names what --overwrite may remove besides; pass --overwrite too")
+    unknown = [name for name in also if name not in ALL_OUTPUTS]
+    if unknown:
+        raise UsageError(f"--overwrite-also takes names that curate writes in an output folder "
+                         f"({', '.join(ALL_OUTPUTS)}), got {', '.join(unknown)}")
+    return also
 
-    A folder holding another run is refused unless ``overwrite``; a folder holding the same run
-    (same pipeline, same settings: ``run_id``) is resumed: leftover temp files go, and the rerun
-    rewrites every output with the same bytes (outputs are deterministic, writes atomic).
-    Never touches anything but this run's own output names.
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one path lies in the other (or they are the same); a glob counts from its fixed part."""
+    def fixed(path: str) -> str:
+        head = re.split(r"[*?[]", path, maxsplit=1)[0]
+        path = fs.dirname(head) if head != path else path
+        return (os.path.realpath(fs.local_path(path)) if fs.is_local(path) else path).rstrip("/")
+    a, b = fixed(a), fixed(b)
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _free_folder(out: str) -> str:
+    """A folder beside ``out`` that does not exist yet, to suggest instead."""
+    n = 2
+    while fs.exists(f"{out.rstrip('/')}-{n}") and n < 100:
+        n += 1
+    return f"{out.rstrip('/')}-{n}"
+
+
+def _owner(marker: bytes | None) -> str | None:
+    """The pipeline of the run that owns a folder, from its marker (None: no or unreadable marker)."""
+    try:
+        return json.loads(marker).get("pipeline") if marker else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}", writes: tuple[str, ...] = ALL_OUTPUTS,
+                   reads: dict[str, str] | None = None, also: tuple[str, ...] = ()) -> str:
+    """Make ``out`` ready for this run; return NEW, RESUME (an interrupted identical run) or RERUN
+    (a completed identical run).
+
+    ``writes``: what this run writes in ``out``; ``reads``: config key -> path, what it reads.
+    A folder holding the same run (same pipeline and settings: ``run_id``) is resumed: leftover temp
+    files go, and the rerun rewrites every output with the same bytes (outputs are deterministic,
+    writes atomic). Any other run's outputs among ``writes`` are refused unless ``overwrite``; then
+    they are removed, except what a run of another pipeline wrote (unless named in ``also``), and
+    never a path this run reads: both are refused with a one-line message that suggests a safe
+    command. Nothing else in the folder is touched, and nothing at all before every check passed.
     """
+    from curate.io import write_bytes
+
+    marker = fs.join(out, RUN_MARKER)
+    found = [name for name in writes if fs.exists(fs.join(out, name))]
+    previous = fs.read_bytes(marker) if fs.exists(marker) else None
+    if found and not overwrite and previous == run_id:
+        for path in fs.walk_files(out):
+            if TEMP_NAME.match(fs.basename(path)):
+                fs.remove(path)
+        fs.makedirs(fs.join(out, "decisions"))
+        return RERUN if fs.exists(fs.join(out, REPORT)) else RESUME
+    if fs.exists(out) and fs.is_local(out) and not os.access(out, os.W_OK):
+        raise UsageError(f"output folder {out!r} is not writable")
+    remove = found + [name for name in also if name not in found and fs.exists(fs.join(out, name))]
+    if remove:
+        _check_overwrite(out, overwrite, run_id, previous, found, remove, reads or {}, also)
+    for name in remove:
+        fs.remove(fs.join(out, name))
+    kept = [name for name in ALL_OUTPUTS if name not in remove and fs.exists(fs.join(out, name))]
+    if remove and kept:
+        log.info("--overwrite removed %s and kept %s (not written by this run)", ", ".join(remove), ", ".join(kept))
     try:
         fs.makedirs(out)
     except OSError as e:
         raise UsageError(f"cannot create output folder {out!r}: {e.strerror or e}") from None
     if fs.is_local(out) and not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out!r} is not writable")
-    marker = fs.join(out, RUN_MARKER)
-    existing = [name for name in RUN_OUTPUTS if fs.exists(fs.join(out, name))]
-    resume = bool(existing) and not overwrite and fs.exists(marker) and fs.read_bytes(marker) == run_id
-    if existing and not (overwrite or resume):
-        raise UsageError(f"output folder {out!r} already holds a run with other settings "
-                         f"({', '.join(existing)}); pass --overwrite to replace it, or choose another --output")
-    if resume:
-        for path in fs.walk_files(out):
-            if TEMP_NAME.match(fs.basename(path)):
-                fs.remove(path)
-    else:
-        for name in existing:
-            fs.remove(fs.join(out, name))
     fs.makedirs(fs.join(out, "decisions"))
     write_bytes(marker, run_id)
-    return resume
+    return NEW
+
+
+def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes | None, found: list[str],
+                     remove: list[str], reads: dict[str, str], also: tuple[str, ...]) -> None:
+    """Refuse what prepare_output must not remove, with a command that is safe instead."""
+    pipeline, owner = _owner(run_id), _owner(previous)
+    elsewhere = f"choose another folder, e.g. --output {_free_folder(out)}"
+    held = [(name, key) for name in remove for key, path in reads.items() if _overlap(fs.join(out, name), path)]
+    if held:
+        name, key = held[0]
+        raise UsageError(f"output folder {out!r} holds {name}, which this run reads ({key}={reads[key]}), and "
+                         f"{'--overwrite' if overwrite else 'this run'} would replace it: {elsewhere}")
+    holder = (f"{'an' if owner[0] in 'aeiou' else 'a'} {owner} run") if owner else "a run"
+    foreign = [name for name in found if owner and pipeline and owner != pipeline and name not in also]
+    if foreign:
+        raise UsageError(f"output folder {out!r} holds {holder} ({', '.join(found)}); --overwrite replaces only "
+                         f"an earlier {pipeline} run: {elsewhere}, or pass --overwrite --overwrite-also {','.join(foreign)} "
+                         f"to replace what the {owner} run wrote there")
+    if not overwrite:
+        raise UsageError(f"output folder {out!r} already holds {holder} with other settings ({', '.join(found)}); "
+                         f"pass --overwrite to replace {'it' if len(found) == 1 else 'them'} (nothing else there "
+                         f"is touched), or {elsewhere}")
 
 
 def sample_corpus(out: str, cfg: dict) -> str:
     """Generate the built-in corpus inside the output folder (reused when the settings match)."""
     from curate import synth
+    from curate.io import dumps_json, write_bytes
 
     corpus = fs.join(out, "sample_corpus")
     settings = config_lib.section(cfg, "sample_corpus")
@@ -204,22 +288,69 @@ def dry_run(module, cfg: dict, options) -> dict:
     return {"dry_run": True, "state": str(result.state), "job": getattr(result, "job", None)}
 
 
-def run(argv=None) -> dict:
-    """Validate everything, run the pipeline, write report.json, print the summary."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions, TestOptions
+@contextlib.contextmanager
+def _ctrl_c_exits(message: str, local_workers: bool = False):
+    """Ctrl-C prints ``message`` and ends the process at once, exit status 130.
+
+    Beam turns a KeyboardInterrupt raised inside a DoFn into a RuntimeError and logs it in full
+    (about 200 lines) before the CLI could catch it. Ending here is as safe as a kill: every write
+    is atomic, and the rerun removes the temp files and resumes (tests/test_resume.py).
+    ``local_workers``: worker processes inherit this process's stderr, and print tracebacks when a
+    terminal's Ctrl-C reaches them or when this process ends; their stderr is then a pipe that a
+    thread copies to the real one until Ctrl-C, and nothing after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = threading.Event()
+    stderr = 2
+    if local_workers:
+        stderr, (read_end, write_end) = os.dup(2), os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+
+        def forward():  # until the last writer is gone: this process's fd 2 (restored below) and the workers
+            while chunk := os.read(read_end, 1 << 16):
+                if not stopping.is_set():
+                    with contextlib.suppress(OSError):
+                        os.write(stderr, chunk)
+            os.close(read_end)
+            os.close(stderr)
+
+        threading.Thread(target=forward, name="stderr", daemon=True).start()
+
+    def stop(_signum, _frame):
+        stopping.set()
+        os.write(stderr, f"interrupted: {message}\n".encode())
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if local_workers:
+            os.dup2(stderr, 2)
+
+
+def run(argv=None, ctrl_c_exits: bool = False) -> dict:
+    """Validate everything, run the pipeline, write report.json, print the summary.
+
+    ``ctrl_c_exits`` (the CLI): once the work has started, Ctrl-C ends the process with one line."""
+    args, beam_args = parse_args(argv)
+    spec = _spec(args.pipeline)
+    cfg = config_lib.load(args.pipeline, spec.schema, args.config, args.set,
+                          {"input": args.input, "output": args.output})
+    also = check_command(args, cfg)
+    # Only now Beam, torch, open_clip: the checks above report a mistake in a fraction of a second.
+    from apache_beam.options.pipeline_options import DirectOptions, TestOptions
 
     from curate.embeddings import check_store
-    from curate import guard_rails
-    from curate.report import count_decisions, summary, write_report
-    from curate.timing import stage_seconds
-    from curate.shards import list_input_shards, write_sizes
+    from curate.io import dumps_json
+    from curate.shards import list_input_shards
     from pipelines import ingest
 
-    args, beam_args = parse_args(argv)
-    module = _pipeline_module(args.pipeline)
-    cfg = config_lib.load(args.pipeline, module.SCHEMA, args.config, args.set,
-                          {"input": args.input, "output": args.output})
+    module = importlib.import_module(spec.module)
     reuse = cfg.get("scores")
     if reuse:
         try:
@@ -232,7 +363,8 @@ def run(argv=None) -> dict:
 
         fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
-    if ingest.reads_table(module, cfg["input"]) and not reuse:
+    reads_table = ingest.reads_table(module, cfg["input"]) and not reuse
+    if reads_table:
         try:
             ingest.check_input(cfg)
         except ValueError as e:
@@ -250,16 +382,45 @@ def run(argv=None) -> dict:
     if options.view_as(TestOptions).dry_run:
         return dry_run(module, cfg, options)
     run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}})
-    if prepare_output(out, args.overwrite, run_id):
-        log.info("resuming the interrupted run in %s", out)
-    log.info("output folder: %s", out)
-    builtin_input = cfg["input"] is None and not reuse
+    writes = tuple(name for name in spec.outputs if name != RAW or reads_table)  # raw/: only when it ingests
+    reads = {key: fs.abspath(cfg[key]) for key in spec.reads if cfg.get(key)}
+    again = "the same command without --overwrite" if args.overwrite else "the same command"
+    stopped = (f"the {args.pipeline} run in {out} stopped before it finished; run {again} to resume it "
+               "(what was written is kept, the rest is redone)")
+    try:
+        state = prepare_output(out, args.overwrite, run_id, writes, reads, also)
+        if state == RESUME:
+            log.info("resuming the interrupted run in %s", out)
+        elif state == RERUN and cfg.get("ingest.retry_failed"):
+            log.info("retrying the failed rows of the completed run in %s", out)
+        elif state == RERUN:
+            log.info("rerunning a completed run in %s: outputs are rewritten with the same bytes", out)
+        log.info("output folder: %s", out)
+        local_workers = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+        with _ctrl_c_exits(stopped, local_workers) if ctrl_c_exits else contextlib.nullcontext():
+            return _execute(args.pipeline, module, cfg, options, reads_table,
+                            builtin_input=cfg["input"] is None and not reuse)
+    except KeyboardInterrupt:
+        raise Interrupted(stopped) from None
+
+
+def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, builtin_input: bool) -> dict:
+    """The work, once every check passed and the output folder is ready."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from curate import guard_rails
+    from curate.report import count_decisions, summary, write_report
+    from curate.shards import write_sizes
+    from curate.timing import stage_seconds
+    from pipelines import ingest
+
+    out = cfg["output"]
     if builtin_input:
         cfg["input"] = sample_corpus(out, cfg)
-
     t0 = time.time()
     build_cfg = cfg
-    if args.pipeline != "ingest" and ingest.reads_table(module, cfg["input"]):
+    if pipeline_name != "ingest" and reads_table:
         with _local_worker_log_levels(out, options):  # URL table: download into OUT/raw first
             build_cfg = ingest.ingest_first(cfg, options)
     pipeline = beam.Pipeline(options=options)
@@ -280,7 +441,7 @@ def run(argv=None) -> dict:
         shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
     counts = count_decisions(fs.join(out, "decisions"))
     synthetic = guard_rails.synthetic_input(cfg, builtin_input)
-    report = write_report(out, args.pipeline, cfg, counts, wall, stage_seconds(result), shards,
+    report = write_report(out, pipeline_name, cfg, counts, wall, stage_seconds(result), shards,
                           options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
                           synthetic)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
@@ -295,10 +456,16 @@ def main(argv=None) -> int:
     # Local workers print their own log lines; the job service would repeat each one.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
-        run(argv)
+        run(argv, ctrl_c_exits=True)
     except (UsageError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
     except RuntimeError as e:
         # The model loader is imported only by pipelines that score (it pulls in torch + open_clip).
         clip = sys.modules.get("curate.models.clip")

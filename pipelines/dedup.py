@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import apache_beam as beam
 import numpy as np
 
-from curate.config import ConfigError, Option, Schema
+from curate.config import ConfigError
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import NEAR_DEDUP, decision
 from curate.timing import timed
@@ -32,38 +32,6 @@ from filters import decontaminate, dedup, phash, semdedup
 
 log = logging.getLogger("curate")
 
-SCHEMA: Schema = {
-    "dedup.near_method": Option(str, "the near-duplicate signal: phash (perceptual-hash distance, a copy signal, "
-                                "no model), clip (image-embedding cosine, as good as the scorer), both (both "
-                                "agree), either (one of them)", choices=dedup.NEAR_METHODS),
-    "dedup.phash_max_distance": Option(int, "perceptual-hash Hamming distance (of 64 bits) at or below which "
-                                       "two images are near duplicates", min=0, max=64),
-    "dedup.phash_assignments": Option(int, "clusters a hash may join when hashes are searched by clusters "
-                                      "(above near_flat_max samples)", min=1, max=8),
-    "dedup.phash_border": Option(float, "a hash joins a further cluster when its centroid similarity is within "
-                                 "this of the nearest one's (hash vectors: cosine = 1 - distance/32)", min=0, max=2),
-    "dedup.url_caption": Option(bool, "drop samples whose normalised (url, caption) pair repeats"),
-    "dedup.near_flat_max": Option(int, "up to this many samples, one exact search over all pairs; above, "
-                                  "k-means clusters searched one by one", min=2),
-    "dedup.near_assignments": Option(int, "clusters an embedding may join (its nearest, then those within "
-                                     "near_border); 2 catches pairs across a border", min=1, max=8),
-    "dedup.near_border": Option(float, "join a further cluster when its centroid similarity is within this "
-                                "of the nearest one's", min=0, max=2),
-    "dedup.semdedup.enabled": Option(bool, "SemDeDup after near dedup: within each k-means cluster drop "
-                                     "samples closer than 1 - eps to a kept one"),
-    "dedup.semdedup.eps": Option(float, "SemDeDup's eps (used when target_fraction is null)", min=0, max=1),
-    "dedup.semdedup.target_fraction": Option(float, "pick eps (0.0025 steps up to 0.2) so that at most this "
-                                             "share of SemDeDup's input is kept; null = use eps",
-                                             min=0, max=1, nullable=True),
-    "dedup.semdedup.keep": Option(str, "which member of a group is offered a place first: hard (far from the "
-                                  "centroid), easy (close to it), random (seeded)", choices=semdedup.KEEP_MODES),
-    "dedup.semdedup.seed": Option(int, "seed of keep: random", min=0),
-    "decontaminate.eval_set": Option(str, "evaluation images to keep out: a .npy of embeddings, an embeddings "
-                                     "folder (clip-retrieval layout) or a folder of images; null = off",
-                                     nullable=True),
-    "decontaminate.threshold": Option(float, "image cosine to an evaluation image at or above which a "
-                                      "sample is dropped", min=0, max=1),
-}
 
 
 @dataclass(frozen=True)
@@ -74,8 +42,8 @@ class DedupParams:
     near_threshold: float = 0.96
     near_method: str = "both"
     phash_max_distance: int = 10
-    phash_assignments: int = 3
-    phash_border: float = 0.3
+    phash_assignments: int = 8
+    phash_border: float = 0.6
     near_flat_max: int = 50_000
     near_assignments: int = 2
     near_border: float = 0.1

@@ -3,8 +3,8 @@
 ``python -m curate.run --pipeline export --input OUT/shards --output EXPORT_DIR`` writes
 EXPORT_DIR/<format>/ for every name in ``formats``; laion_filter runs the same transforms on the
 shards it has just written when its ``exports`` list is not empty. Each format is a PTransform in
-curate/exports/<format>.py taking curated shard paths and returning its writes; its ``SCHEMA``
-(keys prefixed with the format's name) is part of this pipeline's config.
+curate/exports/<format>.py taking curated shard paths and returning its writes; its config keys
+(prefixed with the format's name, listed in curate/exports/formats.py) are part of this pipeline's config.
 """
 from __future__ import annotations
 
@@ -14,26 +14,19 @@ import apache_beam as beam
 
 from curate import fs
 from curate import config as config_lib
-from curate.config import ConfigError, Option, Schema
+from curate.config import ConfigError
 from curate.exports.common import read_curated_shard
+from curate.exports.formats import FORMATS
 from curate.exports.writing import EXPORT
 from curate.io import TarReadError
 from curate.outputs import done
 from curate.records import RawSample, decision
 from curate.shards import UNREADABLE_TAR, WriteDecisions, list_input_shards
 from filters.image import decode_image
+from pipelines.specs import PIPELINES
 
-DESCRIPTION = "curated shards -> CLIP WebDataset, FLAVA masked/unimodal shards, Chameleon tokens, LLaVA JSON, BLIP-2 shards"
-
-# name -> (module, class). Imported lazily: a format whose module is missing or broken is reported
-# when asked for, and the others still work.
-FORMATS = {
-    "contrastive": ("curate.exports.contrastive", "ContrastiveExport"),
-    "flava": ("curate.exports.flava", "FlavaExport"),
-    "chameleon": ("curate.exports.chameleon", "ChameleonExport"),
-    "llava": ("curate.exports.llava", "LlavaExport"),
-    "blip2": ("curate.exports.blip2", "Blip2Export"),
-}
+# FORMATS: name -> (module, class). Imported lazily: a format whose module is missing or broken is
+# reported when asked for, and the others still work.
 _loaded: dict[str, type | str] = {}
 
 
@@ -55,23 +48,7 @@ def export_class(name: str) -> type:
     return found
 
 
-def format_schema() -> Schema:
-    """Every available format's options (an unavailable format contributes none)."""
-    schema: Schema = {}
-    for name in FORMATS:
-        found = _load(name)
-        if not isinstance(found, str):
-            schema.update(found.SCHEMA)
-    return schema
-
-
-FORMATS_OPTION = Option(list, "export formats to write, each into its own folder", choices=tuple(FORMATS))
-SCHEMA: Schema = {
-    "input": Option(str, "curated shards: a laion_filter OUT/shards folder, a glob or a .tar"),
-    "output": Option(str, "export folder: one subfolder per format"),
-    "formats": FORMATS_OPTION,
-    **format_schema(),
-}
+SCHEMA = PIPELINES["export"].schema  # pipelines/specs.py, with each format's keys
 
 
 def _check_formats(cfg: dict, run_dir: str | None, run_must_exist: bool) -> None:

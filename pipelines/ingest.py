@@ -18,57 +18,20 @@ import pyarrow as pa
 from pyarrow import feather
 
 from curate import fs
-from curate.config import Option, Schema
 from curate.ingest import guard, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
 from curate.io import read_parquet, write_bytes, write_parquet
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
+from pipelines.specs import PIPELINES
 
 log = logging.getLogger("curate")
 
-DESCRIPTION = "URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset"
 INGEST = "ingest"  # the stage named in decision rows
 RAW = "raw"        # OUT/raw holds the raw shards
 DEFAULT_DIRECTIVES = "noai, noimageai, noindex, noimageindex"
 
-INGEST_SCHEMA: Schema = {
-    "ingest.url_col": Option(str, "column holding the image URL"),
-    "ingest.caption_col": Option(str, "column holding the caption; null = none", nullable=True),
-    "ingest.samples_per_shard": Option(int, "input rows per raw shard", min=1),
-    "ingest.thread_count": Option(int, "download threads per worker process", min=1),
-    "ingest.timeout": Option(float, "seconds a connect or a read may wait", min=0.1),
-    "ingest.retries": Option(int, "extra attempts for a failed download", min=0),
-    "ingest.image_size": Option(int, "target size of the resize (px)", min=1),
-    "ingest.resize_mode": Option(str, "img2dataset's resize mode", choices=(
-        "no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")),
-    "ingest.resize_only_if_bigger": Option(bool, "never upscale"),
-    "ingest.min_image_size": Option(int, "refuse images whose shorter side is below this (px)", min=0),
-    "ingest.max_aspect_ratio": Option(float, "refuse images with a larger long/short ratio; null = any",
-                                      min=1, nullable=True),
-    "ingest.max_image_pixels": Option(int, "refuse images declaring more pixels, before decoding", min=1),
-    "ingest.encode_format": Option(str, "format of the stored image", choices=("jpg", "png", "webp")),
-    "ingest.encode_quality": Option(int, "jpg/webp quality (0-100); png compression (0-9)", min=0, max=100),
-    "ingest.compute_hash": Option(str, "hash of the downloaded bytes in each row", choices=("md5", "sha256", "sha512"),
-                                  nullable=True),
-    "ingest.extract_exif": Option(bool, "keep the image's EXIF as a json string"),
-    "ingest.user_agent_token": Option(str, "token added to the User-Agent; X-Robots-Tag lines naming it apply",
-                                      nullable=True),
-    "ingest.disallowed_header_directives": Option(str, "X-Robots-Tag directives honoured as an opt-out "
-                                                  "(comma-separated; empty = ignore the header)"),
-    "ingest.max_image_bytes": Option(int, "refuse responses larger than this", min=1),
-    "ingest.deadline_seconds": Option(float, "a whole response must arrive within this", min=0.1),
-    "ingest.allow_networks": Option(str, "non-public networks that may be fetched (CIDRs, comma-separated), "
-                                    "e.g. 10.0.0.0/8 for an intranet; empty = public addresses only"),
-    "ingest.check_content_type": Option(bool, "refuse responses whose Content-Type is not an image"),
-    "ingest.retry_failed": Option(bool, "download again only the failed rows of finished shards (same output)"),
-}
-SCHEMA: Schema = {
-    "input": Option(str, "URL table: a .parquet/.csv/.tsv/.jsonl file (.gz allowed) or a folder of them",
-                    nullable=True),
-    "output": Option(str, "output folder"),
-    **INGEST_SCHEMA,
-}
+SCHEMA = PIPELINES["ingest"].schema  # pipelines/specs.py, with INGEST_SCHEMA
 
 
 def reads_table(pipeline_module, spec: str | None) -> bool:
@@ -94,14 +57,23 @@ def settings(cfg: dict) -> Settings:
 
 
 def check_input(cfg: dict) -> None:
-    """Everything that can be checked before any work; raises ValueError with one line."""
+    """Everything that can be checked before any work; raises ValueError with one line.
+
+    Every table is read here (a parquet file's url and caption columns only), so a table that
+    cannot be ingested (not UTF-8, a jsonl column changing type, a caption column of numbers ...)
+    stops the run before the output folder is touched, naming the table, even when it is the last
+    of a folder. The launcher reads the tables again to plan the shards.
+    """
     if cfg["input"] is None:
         raise ValueError("ingest needs --input: a URL table (.parquet, .csv, .tsv, .jsonl, optionally .gz) or a folder of them")
-    for path in table.list_tables(cfg["input"]):
-        table.check_columns(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
     guard.parse_networks(cfg["ingest.allow_networks"])
+    paths = table.list_tables(cfg["input"])
+    for path in paths:  # header only: a wrong column name is reported at once
+        table.check_columns(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
     if cfg["ingest.encode_format"] == "png" and cfg["ingest.encode_quality"] > 9:
         raise ValueError("ingest.encode_quality is png's compression level for encode_format png: 0-9")
+    for path in paths:
+        table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"], check_only=True)
 
 
 def plan(cfg: dict) -> list[ShardTask]:
@@ -122,6 +94,18 @@ def plan(cfg: dict) -> list[ShardTask]:
             if fs.exists(leftover):
                 fs.remove(leftover)
         fs.makedirs(pending)
+    try:
+        tasks = _plan_shards(cfg, raw, pending)
+    except BaseException:  # a table that changed since check_input, an interrupt: no rows left planned
+        with contextlib.suppress(OSError):
+            fs.remove(pending)
+        raise
+    if not tasks:
+        _remove_if_empty(pending)
+    return tasks
+
+
+def _plan_shards(cfg: dict, raw: str, pending: str) -> list[ShardTask]:
     n, tasks, shard_id = cfg["ingest.samples_per_shard"], [], 0
     for path in table.list_tables(cfg["input"]):
         rows = table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
@@ -139,8 +123,6 @@ def plan(cfg: dict) -> list[ShardTask]:
                 _write_rows(target, todo)
                 tasks.append(ShardTask(shard_id, target, path, start, retry=is_finished(raw, shard_id)))
             shard_id += 1
-    if not tasks:
-        _remove_if_empty(pending)
     return tasks
 
 

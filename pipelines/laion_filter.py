@@ -8,10 +8,12 @@ decisions table.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 
 from curate import fs
-from curate.config import ConfigError, Option, Schema, section
+from curate.config import ConfigError, section
 from curate.embeddings import ReadStoredScores, WriteEmbeddings, stored_hashes
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, decision
@@ -20,42 +22,10 @@ from curate.shards import UniqueKeys, WriteCuratedShards, WriteDecisions, list_i
 from filters import select
 from filters.sample import BasicFilterParams, basic_filter
 from pipelines import dedup as dedup_steps
-from pipelines import export, ingest, score
+from pipelines import export, score
+from pipelines.specs import PIPELINES
 
-DESCRIPTION = "basic filters, CLIP score selection, exact and near-duplicate removal, curated shards"
-
-SCHEMA: Schema = {
-    **score.INPUT_SCHEMA,
-    "scores": Option(str, "reuse the stored scores of this score/laion_filter output folder: no model is "
-                     "loaded; null = score now", nullable=True),
-    "save_embeddings": Option(bool, "write OUT/embeddings (clip-retrieval layout) for later re-selection"),
-    "filters.min_image_size": Option(int, "drop images whose shorter side is below this (px)", min=0),
-    "filters.max_aspect_ratio": Option(float, "drop images whose long/short side ratio exceeds this", min=1),
-    "filters.min_caption_words": Option(int, "drop captions with fewer words (scripts without spaces: "
-                                      "letters per word, see filters/basic.py)", min=0),
-    "filters.min_caption_chars": Option(int, "drop captions with fewer characters", min=0),
-    "filters.boilerplate_captions": Option(bool, "drop file-name and web-boilerplate captions"),
-    **score.SCORER_SCHEMA,
-    "select.mode": Option(str, "threshold: absolute cosine (LAION); language: per-language thresholds; "
-                          "fraction: top fraction of the corpus (DataComp)", choices=("threshold", "language", "fraction")),
-    "select.clip_threshold": Option(float, "mode threshold: drop pairs whose image-text cosine is below this",
-                                    min=-1, max=1),
-    "select.language_thresholds": Option(dict, "mode language: threshold per language code; 'default' for "
-                                         "the others and for unknown languages", min=-1, max=1),
-    "select.fraction": Option(float, "mode fraction: keep this share of the scored, filtered corpus",
-                              min=0, max=1),
-    "dedup.exact": Option(bool, "drop samples whose image bytes repeat (sha256)"),
-    "dedup.near": Option(bool, "drop near-duplicate images (by dedup.near_method)"),
-    "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates "
-                                   "(near_method clip, both, either)",
-                                   min=0, max=1),
-    **dedup_steps.SCHEMA,
-    "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1),
-    "exports": Option(list, "family exports of the curated shards, each into OUT/exports/<format> "
-                      "(settings: configs/export.yaml)", choices=tuple(export.FORMATS)),
-    "exports_config": Option(str, "YAML overriding configs/export.yaml's per-format settings for `exports`", nullable=True),
-    **ingest.INGEST_SCHEMA,  # used when input is a URL table: downloaded into OUT/raw first
-}
+SCHEMA = PIPELINES["laion_filter"].schema  # pipelines/specs.py
 
 scorer_spec = score.scorer_spec
 WRITES_SHARDS = True
@@ -65,6 +35,7 @@ def validate(cfg: dict) -> None:
     """Check the requested exports before any work; their resolved settings join the run's config.
     Stored scores written before perceptual hashes existed cannot feed a hash-based near dedup."""
     cfg["exports_settings"] = export.laion_filter_settings(cfg)
+    dedup_steps.Decontaminate.from_config(cfg)  # decontaminate.eval_set must exist
     rule = dedup_steps.DedupParams.from_config(cfg).near_rule
     if cfg["scores"] and cfg["dedup.near"] and rule.method != "clip" and not stored_hashes(cfg["scores"]):
         raise ConfigError(f"config error: the stored scores in {cfg['scores']!r} hold no perceptual hashes "
@@ -87,7 +58,8 @@ class BasicFilters(beam.DoFn):
 
 class ThresholdFn(beam.DoFn):
     """Absolute threshold, or a threshold per language: the language set when decoding, detected here
-    only for stored scores that hold none (into the decision row; the sample is not changed)."""
+    only for stored scores that hold none (into the decision row). A passing sample goes on as a
+    copy that carries its threshold (``clip_threshold``) into the rows of later steps."""
 
     def __init__(self, threshold: float, language_thresholds: dict | None = None, detect: bool = False):
         self._threshold, self._by_language, self._detect = threshold, language_thresholds, detect
@@ -101,7 +73,7 @@ class ThresholdFn(beam.DoFn):
         if reason:
             yield DECISIONS, decision(sample, False, CLIP_SCORE, reason, clip_threshold=threshold, language=language)
         else:
-            yield MAIN, sample
+            yield MAIN, dataclasses.replace(sample, clip_threshold=threshold)
 
 
 class TopFractionFn(beam.DoFn):
@@ -112,7 +84,7 @@ class TopFractionFn(beam.DoFn):
         _, samples = element
         kept, dropped, cutoff = select.top_fraction(list(samples), self._fraction)
         for s in kept:
-            yield MAIN, s
+            yield MAIN, dataclasses.replace(s, clip_threshold=cutoff)
         for s in dropped:
             yield DECISIONS, decision(s, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoff)
 

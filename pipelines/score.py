@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import apache_beam as beam
 
 from curate import fs
-from curate.config import Option, Schema, section
+from curate.config import section
 from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
 from curate.outputs import DECISIONS, MAIN, done, split
@@ -19,28 +19,9 @@ from curate.scoring import ClipPreprocessor, ScoreWithClip, cpu_threads_per_work
 from curate.shards import WriteDecisions, list_input_shards, read_shard
 from curate.timing import timed
 from filters.sample import decode_sample
+from pipelines.specs import PIPELINES
 
-DESCRIPTION = "CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)"
-
-INPUT_SCHEMA: Schema = {
-    "input": Option(str, "raw shards: a folder, a glob or one .tar, .tar.gz or .tgz; null = the built-in sample corpus",
-                    nullable=True),
-    "output": Option(str, "output folder"),
-    "sample_corpus.samples": Option(int, "size of the built-in sample corpus", min=1),
-    "sample_corpus.seed": Option(int, "seed of the built-in sample corpus"),
-    "sample_corpus.noise": Option(float, "fraction of noisy samples in the built-in corpus", min=0, max=1),
-}
-SCORER_SCHEMA: Schema = {
-    "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs)", min=1),
-    "select.detect_language": Option(bool, "detect the caption's language (py3langid) when the sample's json "
-                                     "has none; recorded in the decisions and used by mode language"),
-    "scorer.model": Option(str, "open_clip model name (open_clip.list_models()) or curate-demo-64"),
-    "scorer.pretrained": Option(str, "'demo', an open_clip pretrained tag, a local checkpoint path, or 'random'"),
-    "scorer.batch_size": Option(int, "images per model call", min=1),
-    "scorer.device": Option(str, "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
-    "scorer.precision": Option(str, "autocast on GPU; CPU runs fp32", choices=("auto", "fp32", "fp16", "bf16")),
-}
-SCHEMA: Schema = {**INPUT_SCHEMA, **SCORER_SCHEMA}
+SCHEMA = PIPELINES["score"].schema  # pipelines/specs.py
 
 
 def scorer_spec(config: dict) -> ScorerSpec:

@@ -1,4 +1,7 @@
 """Config loading: defaults from configs/, overrides, and one-line errors before any work."""
+import subprocess
+import sys
+
 import pytest
 
 from curate import config
@@ -63,3 +66,57 @@ def test_user_file_with_unknown_section(tmp_path):
 def test_missing_config_file():
     with pytest.raises(config.ConfigError, match="does not exist"):
         load(file="/nonexistent/c.yaml")
+
+
+@pytest.mark.parametrize("item,key", [
+    ("select.clip_threshold=.nan", "select.clip_threshold"),    # NaN passes every < and > check
+    ("select.clip_threshold=-.inf", "select.clip_threshold"),
+    ("filters.max_aspect_ratio=.inf", "filters.max_aspect_ratio"),  # no upper bound to catch it
+    ("select.language_thresholds.en=.nan", "select.language_thresholds.en"),
+])
+def test_nan_and_infinity_are_refused(item, key):
+    with pytest.raises(config.ConfigError, match=f"{key} must be a number .*NaN and infinity") as e:
+        load(item)
+    assert "\n" not in str(e.value)
+
+
+def test_language_thresholds_need_a_default_entry():
+    """Without 'default' the run would stop mid-way on the first other language (a KeyError)."""
+    with pytest.raises(config.ConfigError, match="select.language_thresholds must be a mapping of names to "
+                                                 "numbers >= -1 and <= 1 with a 'default' entry") as e:
+        load("select.mode=language", "select.language_thresholds={en: 0.3}")
+    assert "\n" not in str(e.value)
+    with pytest.raises(config.ConfigError, match="select.language_thresholds.de must be a number"):
+        load("select.language_thresholds={en: 0.3, de: 2, default: 0.2}")
+    assert load("select.language_thresholds={en: 0.3, default: 0.2}")["select.language_thresholds"] == {
+        "default": 0.2, "en": 0.3}
+
+
+@pytest.mark.parametrize("item,keys", [
+    ("shards={samples_per_shard: 10}", "shards.samples_per_shard"),
+    ("dedup.semdedup={enabled: true}", "dedup.semdedup.enabled, dedup.semdedup.eps"),
+])
+def test_a_section_given_as_one_value_names_its_keys(item, keys):
+    with pytest.raises(config.ConfigError, match=f"is a section, not a key; set its keys one by one: {keys}") as e:
+        load(item)
+    assert "\n" not in str(e.value) and "unknown key" not in str(e.value)
+
+
+def test_every_pipeline_schema_loads_without_beam_or_torch():
+    """The CLI checks a config with these before it imports Beam, torch or open_clip."""
+    code = ("import sys; from pipelines.specs import PIPELINES; from curate import config; "
+            "[config.load(n, s.schema, None, ['input=x']) for n, s in PIPELINES.items()]; "
+            "print(sorted(m for m in ('apache_beam', 'torch', 'open_clip', 'webdataset') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]"
+
+
+def test_pipeline_modules_use_the_specs_schemas():
+    from pipelines import export, ingest
+    from pipelines.specs import PIPELINES
+
+    for name, module in (("laion_filter", laion_filter), ("score", score), ("export", export), ("ingest", ingest)):
+        assert module.SCHEMA is PIPELINES[name].schema
+        assert set(config.read_yaml(config.CONFIG_DIR / f"{name}.yaml", frozenset(
+            k for k, o in module.SCHEMA.items() if o.kind is dict))) == set(module.SCHEMA), name

@@ -156,3 +156,34 @@ def test_report_and_summary(result, capsys):
     on_disk = json.load(open(os.path.join(out, "report.json")))
     assert on_disk["counts"] == report["counts"] and on_disk["config"]["scorer.model"] == "curate-demo-64"
     assert on_disk["time"]["wall_seconds"] > 0 and {"decode", "clip_encode"} <= set(on_disk["time"]["stage_cpu_seconds"])
+
+
+def test_decision_rows_record_the_threshold_that_applied_and_the_counted_caption_length(result):
+    """Issue 13 item 14: clip_threshold was null on kept rows; caption_chars counted the unstripped caption."""
+    out, report, decisions, _ = result
+    threshold = report["config"]["select.clip_threshold"]
+    kept = [d for d in decisions if d["kept"]]
+    assert kept and all(d["clip_threshold"] == pytest.approx(threshold) for d in kept)
+    selected_then_dropped = [d for d in decisions if d["stage"] in ("exact_dedup", "near_dedup")]
+    assert selected_then_dropped and all(d["clip_threshold"] == pytest.approx(threshold) for d in selected_then_dropped)
+    assert all(d["clip_threshold"] is None for d in decisions if d["stage"] in ("decode", "basic_filter"))
+    captions = {r["key"]: r["caption"] for path in glob.glob(os.path.join(out, "shards", "*.parquet"))
+                for r in pq.read_table(path).to_pylist()}
+    assert all(d["caption_chars"] == len(captions[d["key"]].strip()) for d in kept)
+
+
+def test_selection_passes_a_copy_that_carries_its_threshold():
+    from curate.records import Sample, decision
+    from pipelines.laion_filter import ThresholdFn, TopFractionFn
+
+    sample = Sample(key="a", shard_index=0, shard_path="s.tar", member_index=0, caption="  a red circle \n",
+                    clip_score=0.5, language="en")
+    [(tag, passed)] = list(ThresholdFn(0.3).process(sample))
+    assert tag == "main" and passed.clip_threshold == 0.3 and passed is not sample and sample.clip_threshold is None
+    [(_, by_language)] = list(ThresholdFn(0.9, {"en": 0.2, "default": 0.4}).process(sample))
+    assert by_language.clip_threshold == 0.2
+    other = Sample(key="b", shard_index=0, shard_path="s.tar", member_index=1, caption="x", clip_score=0.1)
+    (tag, top), (_, dropped_row) = TopFractionFn(0.5).process((0, [sample, other]))
+    assert tag == "main" and top.clip_threshold == dropped_row["clip_threshold"] == 0.5
+    assert decision(top, True, "write")["clip_threshold"] == 0.5
+    assert decision(sample, True, "write")["caption_chars"] == len("a red circle")

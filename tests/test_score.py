@@ -135,7 +135,8 @@ def test_fraction_mode_keeps_the_top_share(scored, tmp_path):
     kept = [d for d in ranked if d["kept"]]
     assert len(kept) == -(-len(ranked) // 2)
     cutoff = {d["clip_threshold"] for d in ranked if d["reason"] == "outside_top_fraction"}
-    assert len(cutoff) == 1 and min(d["clip_score"] for d in kept) >= cutoff.pop()
+    assert len(cutoff) == 1 and min(d["clip_score"] for d in kept) >= min(cutoff)
+    assert {d["clip_threshold"] for d in kept} == cutoff  # kept rows name the cut too
     assert report["counts"]["dropped_by_reason"]["outside_top_fraction"] == len(ranked) - len(kept)
 
 
@@ -149,3 +150,4 @@ def test_language_mode_applies_each_language_threshold(scored, tmp_path):
     assert russian and all(t == pytest.approx(0.99) for t in russian)
     assert not any(d["kept"] and d["language"] == "ru" for d in decisions)
     assert any(d["kept"] and d["language"] == "en" for d in decisions)
+    assert all(d["clip_threshold"] == pytest.approx(0.6) for d in decisions if d["kept"])  # en and default: 0.6

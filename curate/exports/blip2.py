@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from curate.config import Schema
 from curate.exports.writing import WriteShardPerShard, image_member
 
 
@@ -20,8 +19,6 @@ def blip2_members(sample, decoded) -> dict:
 
 class Blip2Export(beam.PTransform):
     """Curated shard paths -> OUT_DIR/NNNNN.tar (jpg + json caption) + sizes.json; returns its writes."""
-
-    SCHEMA: Schema = {}
 
     def __init__(self, cfg: dict, out_dir: str):
         super().__init__()

@@ -29,8 +29,9 @@ import logging
 import apache_beam as beam
 
 from curate import fs
-from curate.config import ConfigError, Option, Schema
+from curate.config import ConfigError
 from curate.exports import packing
+from curate.exports.formats import CHAMELEON_SCHEMA
 from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
 from curate.io import write_tar
 from curate.timing import timed
@@ -40,23 +41,7 @@ log = logging.getLogger("curate")
 PARTS = ".parts"        # per-shard Megatron files, joined and removed at the end
 MEGATRON_PREFIX = "chameleon"
 
-SCHEMA: Schema = {
-    "chameleon.vq_model": Option(str, "local folder of a Chameleon or Emu3 VQ-VAE (alone or inside the whole "
-                                      "model's checkpoint); required for this format", nullable=True),
-    "chameleon.tokenizer": Option(str, "local folder of a transformers text tokenizer (e.g. the model's own); "
-                                       "required for this format", nullable=True),
-    "chameleon.seq_len": Option(int, "tokens per packed training sequence", min=8),
-    "chameleon.image_first_ratio": Option(float, "share of samples written image-first (captioning); the "
-                                                 "rest caption-first (generation)", min=0.0, max=1.0),
-    "chameleon.seed": Option(int, "seed of the per-key caption-first / image-first choice"),
-    "chameleon.batch_size": Option(int, "images per VQ encoder call", min=1),
-    "chameleon.device": Option(str, "auto (CUDA when available), cpu, cuda or cuda:N"),
-    "chameleon.precision": Option(str, "VQ encoder precision; auto = fp32 (TF32 convolutions on CUDA); bf16 is "
-                                            "faster on GPUs, its codebook search may pick other codes at near ties",
-                                  choices=("auto", "fp32", "bf16", "fp16")),
-    "chameleon.resolution": Option(int, "image side when the VQ folder has no preprocessor_config.json "
-                                        "(null: the VQ config's resolution, else 512)", min=8, nullable=True),
-}
+SCHEMA = CHAMELEON_SCHEMA  # curate/exports/formats.py
 
 
 def _settings(cfg: dict) -> dict:
@@ -176,8 +161,6 @@ class _JoinMegatronParts(beam.DoFn):
 
 class ChameleonExport(beam.PTransform):
     """Curated shard paths -> packed token sequences (WebDataset + Megatron .bin/.idx); returns its writes."""
-
-    SCHEMA = SCHEMA
 
     @staticmethod
     def check(cfg: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from curate.config import Schema
 from curate.exports.writing import WriteShardPerShard, image_member
 
 # open_clip_train: wds.rename(image="jpg;png;jpeg;webp", text="txt")
@@ -24,8 +23,6 @@ def contrastive_members(sample, decoded) -> dict:
 
 class ContrastiveExport(beam.PTransform):
     """Curated shard paths -> OUT_DIR/NNNNN.tar (image, txt, json) + sizes.json; returns its writes."""
-
-    SCHEMA: Schema = {}
 
     def __init__(self, cfg: dict, out_dir: str):
         super().__init__()

@@ -23,10 +23,10 @@ import apache_beam as beam
 import numpy as np
 
 from curate import fs
-from curate.config import ConfigError, Option, Schema
+from curate.config import ConfigError
 from curate.exports.packing import npy_bytes
 from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
-from curate.io import TarReadError, iter_tar_samples, read_parquet, sample_json, write_tar
+from curate.io import IMAGE_EXTS, TarReadError, format_ext, iter_tar_samples, read_parquet, sample_json, write_tar
 from curate.timing import timed
 from filters import basic
 from filters.image import decode_image
@@ -157,14 +157,15 @@ class _WriteImageOnlyShard(_FlavaShardFn):
             for path, indices in sorted(by_path.items()):
                 for index, fields in _members(path, indices):
                     key, reason = indices[index]
-                    ext = next((e for e in fields if e in ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")), None)
+                    ext = next((e for e in IMAGE_EXTS if e in fields), None)  # as laion_filter picks it
                     decoded = decode_image(fields.get(ext)) if ext else None
                     if decoded is None or decoded.reason:  # laion_filter decoded it; the raw shard changed since
                         log.warning("flava image_only: %s#%d no longer decodes; skipped", path, index)
                         continue
                     meta = {"key": key, "source_shard": fs.basename(path), "source_index": index,
                             "caption_dropped_for": reason, "width": decoded.width, "height": decoded.height}
-                    items.append((key, ext, fields[ext], decoded.image, None, meta))
+                    # named by its real format, as the curated shards name it
+                    items.append((key, format_ext(decoded.format, ext), fields[ext], decoded.image, None, meta))
             yield self.write(f"{shard_id:05d}", items)
 
 
@@ -253,27 +254,6 @@ class _PlanUnimodal(beam.DoFn):
 
 class FlavaExport(beam.PTransform):
     """Curated shard paths -> OUT_DIR/{pairs, image_only, text_only}/ + masking.json; returns its writes."""
-
-    SCHEMA: Schema = {
-        "flava.mask_grid": Option(int, "patches per side of the model's image grid (FLAVA ViT-B/16 at 224 px: 14)", min=1),
-        "flava.mask_ratio": Option(float, "share of patches masked per image (BEiT: about 0.4)", min=0, max=1),
-        "flava.mask_min_patches": Option(int, "smallest masked block, in patches (BEiT: 16)", min=1),
-        "flava.mask_max_patches": Option(int, "largest masked block, in patches; null = no cap below the total",
-                                         min=1, nullable=True),
-        "flava.mask_min_aspect": Option(float, "smallest block aspect ratio (BEiT: 0.3)", min=0.01, max=1),
-        "flava.mask_max_aspect": Option(float, "largest block aspect ratio; null = 1 / mask_min_aspect",
-                                        min=1, nullable=True),
-        "flava.seed": Option(int, "seed of the masks (each mask is a function of seed and key)"),
-        "flava.codebook": Option(str, "local FlavaImageCodebook folder (save_pretrained layout) for codes.npy; "
-                                 "null = no codebook ids", nullable=True),
-        "flava.codebook_image_size": Option(int, "codebook input size in px; must be 8 x mask_grid (FLAVA: 112)", min=8),
-        "flava.batch_size": Option(int, "images per codebook call", min=1),
-        "flava.device": Option(str, "codebook device; auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
-        "flava.unimodal": Option(bool, "also write image_only/ and text_only/ from laion_filter's dropped samples"),
-        "flava.run_dir": Option(str, "the laion_filter output folder whose decisions feed the unimodal streams; "
-                                "null = the folder above the input shards", nullable=True),
-        "flava.samples_per_shard": Option(int, "samples per image_only / text_only tar", min=1),
-    }
 
     @staticmethod
     def check(cfg: dict) -> None:

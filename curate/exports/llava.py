@@ -15,7 +15,7 @@ import json
 import apache_beam as beam
 
 from curate import fs
-from curate.config import ConfigError, Option, Schema
+from curate.config import ConfigError
 from curate.exports.writing import exportable, progress, shard_name
 from curate.io import write_bytes
 from curate.timing import timed
@@ -68,11 +68,6 @@ class _WriteChatJson(beam.DoFn):
 
 class LlavaExport(beam.PTransform):
     """Curated shard paths -> OUT_DIR/chat.json + OUT_DIR/images/; returns its writes."""
-
-    SCHEMA: Schema = {
-        "llava.prompts": Option(list, "human turns, one picked per sample; each holds <image> once "
-                                "(default: LLaVA's brief-description instructions)"),
-    }
 
     @staticmethod
     def check(cfg: dict) -> None:
