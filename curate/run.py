@@ -198,6 +198,15 @@ def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes |
                          f"is touched), or {elsewhere}")
 
 
+def check_sample_corpus_folder(out: str) -> None:
+    """OUT/sample_corpus is replaced when its settings change: refuse, before any work, a folder of
+    that name that curate did not write (no corpus.json), so no user file is ever deleted."""
+    corpus = fs.join(out, "sample_corpus")
+    if fs.exists(corpus) and not fs.exists(fs.join(corpus, "corpus.json")):
+        raise UsageError(f"{corpus!r} holds files that are not curate's built-in sample corpus; move them, "
+                         "or choose another --output")
+
+
 def sample_corpus(out: str, cfg: dict) -> str:
     """Generate the built-in corpus inside the output folder (reused when the settings match)."""
     from curate import synth
@@ -210,6 +219,7 @@ def sample_corpus(out: str, cfg: dict) -> str:
         log.info("using the built-in sample corpus in %s", corpus)
         return corpus
     if fs.exists(corpus):
+        check_sample_corpus_folder(out)
         fs.remove(corpus)
     log.info("writing the built-in sample corpus (%d samples, seed %d) to %s",
              settings["samples"], settings["seed"], corpus)
@@ -381,6 +391,8 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
         module.validate(cfg)
     if options.view_as(TestOptions).dry_run:
         return dry_run(module, cfg, options)
+    if cfg["input"] is None and not reuse:
+        check_sample_corpus_folder(out)
     run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}})
     writes = tuple(name for name in spec.outputs if name != RAW or reads_table)  # raw/: only when it ingests
     reads = {key: fs.abspath(cfg[key]) for key in spec.reads if cfg.get(key)}

@@ -6,6 +6,7 @@ of samples per file; each file is written under a temp name and renamed.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -211,6 +212,26 @@ def read_members(path: str, indices: set[int]) -> dict[tuple[str, int], dict]:
     return found
 
 
+# What trainers read as they are: open_clip's WebDataset loader takes jpg;png;jpeg;webp members.
+TRAINER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+
+
+def trainer_image(sample: Sample, data: bytes) -> tuple[str, bytes]:
+    """(member extension, bytes) of a curated image: the original bytes named by their real format
+    (a PNG read from KEY.jpg is written as KEY.png) when trainers read that format; otherwise (AVIF,
+    HEIF, GIF, TIFF, BMP) the decoded image as it was scored (first frame, upright, RGB), re-encoded
+    losslessly as PNG. ``image_format`` in KEY.json keeps the input's format."""
+    if sample.image_format in TRAINER_FORMATS or sample.image_format is None:
+        return format_ext(sample.image_format, sample.image_ext), data
+    from filters.image import decode_image
+
+    # it decoded under the run's pixel cap already: allow at least its own size
+    decoded = decode_image(data, max(89_478_485, (sample.width or 0) * (sample.height or 0)))
+    buf = io.BytesIO()
+    decoded.image.save(buf, format="PNG")
+    return "png", buf.getvalue()
+
+
 class WriteShardFn(beam.DoFn):
     """(shard id, samples) -> NNNNN.tar + NNNNN.parquet, re-reading image bytes from the raw shards."""
 
@@ -233,9 +254,8 @@ class WriteShardFn(beam.DoFn):
             meta.update(key=s.key, caption=s.caption, language=s.language, clip_score=s.clip_score,
                         width=s.width, height=s.height, sha256=s.sha256, source_key=s.key,
                         source_shard=fs.basename(s.shard_path), image_format=s.image_format)
-            # The member is named by the image's real format (a PNG read from KEY.jpg is written as KEY.png).
-            ext = format_ext(s.image_format, s.image_ext)
-            members.append((s.key, {ext: fields[s.image_ext], "txt": s.caption, "json": meta}))
+            ext, data = trainer_image(s, fields[s.image_ext])
+            members.append((s.key, {ext: data, "txt": s.caption, "json": meta}))
             rows.append({"key": s.key, "caption": s.caption, "language": s.language,
                          "clip_score": s.clip_score, "width": s.width, "height": s.height,
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,

@@ -35,6 +35,23 @@ def _part(path: str) -> int:
     return int(re.search(r"_(\d+)\.npy$", path).group(1))
 
 
+def check_eval_set(path: str) -> None:
+    """Raise EvalSetError (one line) unless ``path`` is an evaluation set ``load_eval_set`` can read:
+    the same checks, without loading embeddings or the scorer, so that a run can refuse it before
+    touching its output folder."""
+    if path.endswith(".npy") and os.path.isfile(path):
+        shape = np.load(path, mmap_mode="r").shape
+        if len(shape) != 2:
+            raise EvalSetError(f"eval set {path!r}: expected a 2-d array of embeddings, got shape {shape}")
+        return
+    if not os.path.isdir(path):
+        raise EvalSetError(f"eval set {path!r} is neither a .npy file nor a folder")
+    if glob.glob(os.path.join(path, "img_emb", "img_emb_*.npy")):
+        return
+    if not any(f.lower().endswith(IMAGE_SUFFIXES) for f in glob.iglob(os.path.join(path, "**", "*"), recursive=True)):
+        raise EvalSetError(f"eval set {path!r} holds no img_emb/*.npy and no image files ({', '.join(IMAGE_SUFFIXES)})")
+
+
 def load_eval_set(path: str, embed_images=None) -> tuple[np.ndarray, list[str]]:
     """(embeddings (n, d) float32, a name per row) of the evaluation set at ``path``.
 

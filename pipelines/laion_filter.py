@@ -19,7 +19,7 @@ from curate.outputs import DECISIONS, MAIN, done, split
 from curate.records import BASIC_FILTER, CLIP_SCORE, decision
 from curate.scoring import cpu_threads_per_worker
 from curate.shards import UniqueKeys, WriteCuratedShards, WriteDecisions, list_input_shards
-from filters import select
+from filters import decontaminate, select
 from filters.sample import BasicFilterParams, basic_filter
 from pipelines import dedup as dedup_steps
 from pipelines import export, score
@@ -36,6 +36,11 @@ def validate(cfg: dict) -> None:
     Stored scores written before perceptual hashes existed cannot feed a hash-based near dedup."""
     cfg["exports_settings"] = export.laion_filter_settings(cfg)
     dedup_steps.Decontaminate.from_config(cfg)  # decontaminate.eval_set must exist
+    if cfg["decontaminate.eval_set"] is not None:
+        try:
+            decontaminate.check_eval_set(cfg["decontaminate.eval_set"])
+        except decontaminate.EvalSetError as e:
+            raise ConfigError(f"config error: decontaminate.eval_set: {e}") from None
     rule = dedup_steps.DedupParams.from_config(cfg).near_rule
     if cfg["scores"] and cfg["dedup.near"] and rule.method != "clip" and not stored_hashes(cfg["scores"]):
         raise ConfigError(f"config error: the stored scores in {cfg['scores']!r} hold no perceptual hashes "

@@ -334,3 +334,22 @@ def test_ctrl_c_with_local_worker_processes_prints_one_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.splitlines()[-1].startswith(f"interrupted: the laion_filter run in {out}")
+
+
+def test_a_sample_corpus_folder_curate_did_not_write_is_never_deleted(tmp_path):
+    """A trial found a user's OUT/sample_corpus/ replaced by the generated corpus, without --overwrite."""
+    mine = tmp_path / "sample_corpus" / "my_data.txt"
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    with pytest.raises(run.UsageError, match="not curate's built-in sample corpus"):
+        run.run(["--pipeline", "laion_filter", "--output", str(tmp_path), "--set", "sample_corpus.samples=20"])
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["sample_corpus"]
+
+
+def test_an_eval_set_without_images_is_refused_before_any_work(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "notes.txt").write_text("no images here")
+    with pytest.raises(Exception, match="holds no img_emb/.*and no image files"):
+        run.run(["--pipeline", "laion_filter", "--output", str(tmp_path / "out"), "--set", "sample_corpus.samples=20",
+                 "--set", f"decontaminate.eval_set={tmp_path / 'eval'}"])
+    assert not (tmp_path / "out").exists()

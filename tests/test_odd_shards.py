@@ -101,15 +101,16 @@ FORMAT_CASES = {  # key -> (member name, bytes, expected image_format, expected 
     "jj": ("jj.jpg", encoded(10), "JPEG", "jj.jpg"),
     "pj": ("pj.jpg", encoded(11, "PNG"), "PNG", "pj.png"),
     "wj": ("wj.jpg", encoded(12, "WEBP", quality=90), "WEBP", "wj.webp"),
-    "gj": ("gj.jpg", encoded(13, "GIF"), "GIF", "gj.gif"),
-    "tj": ("tj.jpg", encoded(14, "TIFF"), "TIFF", "tj.tif"),
-    "bj": ("bj.jpg", encoded(15, "BMP"), "BMP", "bj.bmp"),
+    # formats trainers do not read (open_clip takes jpg/png/webp): re-encoded losslessly as PNG
+    "gj": ("gj.jpg", encoded(13, "GIF"), "GIF", "gj.png"),
+    "tj": ("tj.jpg", encoded(14, "TIFF"), "TIFF", "tj.png"),
+    "bj": ("bj.jpg", encoded(15, "BMP"), "BMP", "bj.png"),
     "sv": ("sv.svg", SVG, "SVG", "unsupported_image_format"),
     "sj": ("sj.jpg", SVG, "SVG", "unsupported_image_format"),
 }
 if HAS_AVIF:
-    FORMAT_CASES["av"] = ("av.avif", encoded(16, "AVIF", quality=90), "AVIF", "av.avif")
-    FORMAT_CASES["aj"] = ("aj.jpg", encoded(17, "AVIF", quality=90), "AVIF", "aj.avif")
+    FORMAT_CASES["av"] = ("av.avif", encoded(16, "AVIF", quality=90), "AVIF", "av.png")
+    FORMAT_CASES["aj"] = ("aj.jpg", encoded(17, "AVIF", quality=90), "AVIF", "aj.png")
 if not HAS_HEIF:
     FORMAT_CASES["hc"] = ("hc.heic", heic_bytes(), "HEIF", "unsupported_image_format")
 
@@ -175,15 +176,19 @@ def test_formats_are_decoded_by_content_recorded_and_named(odd):
             assert not any(m.startswith(f"{key}.") for m in curated), key
             continue
         assert row["kept"], (key, row)
-        assert curated[expected] == data, key  # the original bytes, under their real format's extension
-        assert json.loads(curated[f"{key}.json"])["image_format"] == fmt
+        assert json.loads(curated[f"{key}.json"])["image_format"] == fmt  # the input's format
         assert table[key]["image_format"] == fmt
-        assert Image.open(io.BytesIO(curated[expected])).format == fmt
+        if fmt in ("JPEG", "PNG", "WEBP"):  # the original bytes, under their real format's extension
+            assert curated[expected] == data, key
+        else:  # the image as it was scored, lossless
+            stored = Image.open(io.BytesIO(curated[expected]))
+            assert stored.format == "PNG"
+            assert np.array_equal(np.asarray(stored), np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))), key
 
 
 def test_exports_take_the_renamed_members(odd, tmp_path):
-    """Curated members named by format: open_clip's extensions keep their bytes, others are re-encoded
-    as JPEG for the contrastive export; BLIP-2 always gets a JPEG named jpg; LLaVA files keep the name."""
+    """Curated members are jpg/png/webp (the others became PNG when curated): the contrastive export
+    keeps the curated bytes; BLIP-2 always gets a JPEG named jpg; LLaVA files keep the name."""
     _, out, _, _, curated, _ = odd
     exp = tmp_path / "exp"
     run.run(["--pipeline", "export", "--input", str(out / "shards"), "--output", str(exp),
@@ -193,10 +198,7 @@ def test_exports_take_the_renamed_members(odd, tmp_path):
                    for s in wds.WebDataset(str(t), shardshuffle=False)}
     for key, (_, data, fmt, member) in kept.items():
         ext = member.split(".", 1)[1]
-        if ext in ("jpg", "png", "webp"):
-            assert contrastive[key][ext] == data, key
-        else:
-            assert Image.open(io.BytesIO(contrastive[key]["jpg"])).format == "JPEG", key
+        assert contrastive[key][ext] == curated[member], key
     blip2 = {s["__key__"]: s for t in sorted((exp / "blip2").glob("*.tar"))
              for s in wds.WebDataset(str(t), shardshuffle=False)}
     assert set(kept) <= set(blip2)
