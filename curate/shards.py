@@ -223,10 +223,10 @@ def trainer_image(sample: Sample, data: bytes) -> tuple[str, bytes]:
     losslessly as PNG. ``image_format`` in KEY.json keeps the input's format."""
     if sample.image_format in TRAINER_FORMATS or sample.image_format is None:
         return format_ext(sample.image_format, sample.image_ext), data
-    from filters.image import decode_image
+    from filters.image import PIL_DEFAULT_MAX_PIXELS, decode_image
 
     # it decoded under the run's pixel cap already: allow at least its own size
-    decoded = decode_image(data, max(89_478_485, (sample.width or 0) * (sample.height or 0)))
+    decoded = decode_image(data, max(PIL_DEFAULT_MAX_PIXELS, (sample.width or 0) * (sample.height or 0)))
     buf = io.BytesIO()
     decoded.image.save(buf, format="PNG")
     return "png", buf.getvalue()

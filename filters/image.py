@@ -75,6 +75,8 @@ _WHY_NOT = {"HEIF": "no HEIF plugin (pillow-heif) is installed", "AVIF": "this P
             "SVG": "a vector image, which Pillow does not render", "JXL": "Pillow has no JPEG XL decoder"}
 
 
+# PIL's own default Image.MAX_IMAGE_PIXELS: curate's default cap too.
+PIL_DEFAULT_MAX_PIXELS = 89_478_485
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
@@ -91,7 +93,7 @@ def allow_pil(max_pixels: int) -> None:
             Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def decode_image(data: bytes | None, max_pixels: int = 89_478_485) -> Decoded:
+def decode_image(data: bytes | None, max_pixels: int = PIL_DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode ``data`` to RGB with EXIF rotation applied; never raises.
 
     The pixel cap is checked on the header, before any pixel is decoded, so a small file that

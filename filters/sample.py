@@ -10,7 +10,7 @@ from PIL import Image
 from curate.io import IMAGE_EXTS, sample_json
 from curate.records import DECODE, RawSample, Sample
 from filters import basic, select
-from filters.image import MISSING_IMAGE, decode_image
+from filters.image import MISSING_IMAGE, PIL_DEFAULT_MAX_PIXELS, decode_image
 from filters.phash import phash
 
 MISSING_CAPTION = "missing_caption"
@@ -46,18 +46,10 @@ def clean_caption(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
-def caption_language(caption: str, recorded: str | None, detect: bool = True) -> str | None:
-    """The input json's ``language``; else, if ``detect``, py3langid's guess for a caption that holds a
-    letter (emoji or punctuation alone name no language); else None."""
-    if recorded:
-        return recorded
-    return select.detect_language(caption) if detect and any(ch.isalpha() for ch in caption) else None
-
-
-def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485, detect_language: bool = True) -> Verdict:
+def decode_sample(raw: RawSample, max_image_pixels: int = PIL_DEFAULT_MAX_PIXELS, detect_language: bool = True) -> Verdict:
     """Read the caption and decode the image; a sample that cannot be scored gets its reason here.
 
-    The sample's language is set as soon as its caption is read (``caption_language``), so every
+    The sample's language is set as soon as its caption is read (``select.caption_language``), so every
     decision row from here on, a drop or a keep, names it.
     """
     image_ext = next((ext for ext in IMAGE_EXTS if ext in raw.fields), None)
@@ -75,7 +67,7 @@ def decode_sample(raw: RawSample, max_image_pixels: int = 89_478_485, detect_lan
         sample.caption = clean_caption(raw.fields["txt"].decode("utf-8"))
     except UnicodeDecodeError as e:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
-    sample.language = caption_language(sample.caption, sample.language, detect_language)
+    sample.language = select.caption_language(sample.caption, sample.language, detect_language)
     if data is None:
         return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE, detail=members)
     decoded = decode_image(data, max_image_pixels)  # the format comes from the bytes, whatever the member's name

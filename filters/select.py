@@ -24,11 +24,17 @@ def detect_language(caption: str) -> str:
     return py3langid.classify(unicodedata.normalize("NFKC", caption[:2000]))[0]
 
 
+def caption_language(caption: str | None, recorded: str | None, detect: bool = True) -> str | None:
+    """The input json's ``language``; else, if ``detect``, py3langid's guess for a caption that holds a
+    letter (emoji or punctuation alone name no language); else None."""
+    if recorded:
+        return recorded
+    return detect_language(caption) if detect and caption and any(ch.isalpha() for ch in caption) else None
+
+
 def language_of(sample: Sample, detect: bool) -> str | None:
-    """The language recorded in the sample's metadata; else, if ``detect``, the detected one."""
-    if sample.language:
-        return sample.language
-    return detect_language(sample.caption) if detect and sample.caption else None
+    """``caption_language`` of a sample: its recorded language, else the detected one."""
+    return caption_language(sample.caption, sample.language, detect)
 
 
 def language_threshold(language: str | None, thresholds: dict[str, float]) -> float:
