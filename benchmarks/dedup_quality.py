@@ -43,10 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import pyarrow.parquet as pq
+from curate.filters import dedup, phash
 
 from curate import dedup_truth, photo_corpus, run, synth
 from curate.embeddings import list_parts, read_part
-from filters import dedup, phash
 
 GRID = ([("phash", None, d) for d in (4, 6, 8, 10, 12, 14)]
         + [("clip", t, None) for t in (0.9, 0.94, 0.96, 0.98)]

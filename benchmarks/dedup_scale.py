@@ -80,7 +80,7 @@ def peak_rss_gb() -> float:
 
 def run_search(path: str) -> dict:
     """Child process: load, search, report wall time, peak RSS and the pairs found."""
-    from filters import dedup
+    from curate.filters import dedup
 
     start = time.perf_counter()
     x = np.load(path)
@@ -106,8 +106,7 @@ def run_beam(path: str) -> dict:
     """Child process: the Beam composite itself (near dedup only) on Beam's local FnApiRunner."""
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    from pipelines.dedup import Deduplicate, DedupParams
+    from curate.pipelines.dedup import Deduplicate, DedupParams
 
     n, block = len(np.load(path, mmap_mode="r")), 10_000
     start = time.perf_counter()
@@ -118,7 +117,7 @@ def run_beam(path: str) -> dict:
         (out["decisions"] | beam.Map(lambda r: (int(r["key"]), int(r["kept_instead"])))
          | beam.combiners.ToList() | beam.Map(lambda rows: np.save(path + ".found.npy", np.array(rows).reshape(-1, 2))))
     wall = time.perf_counter() - start
-    from filters import dedup
+    from curate.filters import dedup
 
     return {"wall_s": wall, "cpu_s": cpu_s(), "peak_rss_gb": peak_rss_gb(), "clusters": dedup.cluster_count(n, 50_000), "found": 0}
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from curate import configs
+
+CONFIG_DIR = Path(configs.__file__).resolve().parent
 
 
 class ConfigError(ValueError):

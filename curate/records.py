@@ -23,7 +23,7 @@ def stable(value: float) -> float:
     return round(float(value), SCORE_DECIMALS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RawSample:
     """One sample as read from a raw shard: its members' bytes, keyed by extension."""
     key: str
@@ -37,7 +37,7 @@ class RawSample:
         return (self.shard_index, self.member_index)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sample:
     """A sample's metadata once decoded: no image bytes, so it is cheap to group and shuffle."""
     key: str

@@ -7,7 +7,6 @@ from collections import Counter
 from curate import fs
 from curate.io import read_parquet, write_bytes
 
-
 # Stages whose rows (kept rows end at 'write') stand for the samples that reached near dedup.
 _AFTER_NEAR = ("near_dedup", "semdedup", "write")
 _TOP_GROUPS = 10

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from curate import config as config_lib
 from curate import fs
-from pipelines.specs import ALL_OUTPUTS, PIPELINES, RAW, PipelineSpec
+from curate.pipelines.specs import ALL_OUTPUTS, PIPELINES, RAW, PipelineSpec
 
 log = logging.getLogger("curate")
 
@@ -266,7 +266,11 @@ def _local_worker_log_levels(out: str, options):
 
 def beam_options(beam_args: list[str]):
     """Beam's options from the remaining flags, with curate's offline-safe, quiet defaults."""
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
 
     if any("DaskRunner" in a for a in beam_args) and not any(
             a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in beam_args):
@@ -357,8 +361,8 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
 
     from curate.embeddings import check_store
     from curate.io import dumps_json
-    from curate.shards import list_input_shards
-    from pipelines import ingest
+    from curate.pipelines import ingest
+    from curate.raw_shards import list_input_shards
 
     module = importlib.import_module(spec.module)
     reuse = cfg.get("scores")
@@ -369,7 +373,9 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
             raise UsageError(str(e)) from None
         cfg["scores"] = fs.abspath(reuse)
     elif hasattr(module, "scorer_spec"):
-        from curate.models.clip import fetch_weights  # torch + open_clip: only for pipelines that score
+        from curate.models.clip import (
+            fetch_weights,  # torch + open_clip: only for pipelines that score
+        )
 
         fetch_weights(module.scorer_spec(cfg))
     options = beam_options(beam_args)
@@ -422,10 +428,10 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     from apache_beam.options.pipeline_options import StandardOptions
 
     from curate import guard_rails
+    from curate.pipelines import ingest
     from curate.report import count_decisions, summary, write_report
     from curate.shards import write_sizes
     from curate.timing import stage_seconds
-    from pipelines import ingest
 
     out = cfg["output"]
     if builtin_input:

@@ -1,6 +1,7 @@
 """CLIP scoring in Beam: CPU preprocessing, then RunInference with an open_clip ModelHandler."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -133,12 +134,11 @@ class _AttachScores(beam.DoFn):
         img, txt = result.inference
         scores = clip.cosine(img, txt)
         for i, sample in enumerate(result.example.samples):
-            sample.clip_score = stable(scores[i])
             # Stored embeddings are float16; selecting on the same values makes a re-run on stored
             # scores decide exactly as this run does.
-            sample.image_embedding = img[i].astype(np.float16).astype(np.float32)
-            sample.text_embedding = txt[i].astype(np.float16).astype(np.float32)
-            yield sample
+            yield dataclasses.replace(sample, clip_score=stable(scores[i]),
+                                      image_embedding=img[i].astype(np.float16).astype(np.float32),
+                                      text_embedding=txt[i].astype(np.float16).astype(np.float32))
 
 
 class ScoreWithClip(beam.PTransform):

@@ -25,11 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import faiss
 import numpy as np
+from curate.filters import phash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curate.records import Sample, stable
-from filters import phash
 
 EXACT_DUPLICATE = "exact_duplicate"
 URL_CAPTION_DUPLICATE = "duplicate_url_caption"

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from curate.filters import basic, select
+from curate.filters.image import MISSING_IMAGE, PIL_DEFAULT_MAX_PIXELS, decode_image
+from curate.filters.phash import phash
 from PIL import Image
 
 from curate.io import IMAGE_EXTS, sample_json
 from curate.records import DECODE, RawSample, Sample
-from filters import basic, select
-from filters.image import MISSING_IMAGE, PIL_DEFAULT_MAX_PIXELS, decode_image
-from filters.phash import phash
 
 MISSING_CAPTION = "missing_caption"
 CAPTION_NOT_UTF8 = "caption_not_utf8"
@@ -64,17 +64,19 @@ def decode_sample(raw: RawSample, max_image_pixels: int = PIL_DEFAULT_MAX_PIXELS
     if "txt" not in raw.fields:
         return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE, detail=members)
     try:
-        sample.caption = clean_caption(raw.fields["txt"].decode("utf-8"))
+        caption = clean_caption(raw.fields["txt"].decode("utf-8"))
     except UnicodeDecodeError as e:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
-    sample.language = select.caption_language(sample.caption, sample.language, detect_language)
+    # Sample is frozen (elements are never mutated once emitted): each step makes a new one.
+    sample = replace(sample, caption=caption,
+                     language=select.caption_language(caption, sample.language, detect_language))
     if data is None:
         return Verdict(sample, reason=MISSING_IMAGE, stage=DECODE, detail=members)
     decoded = decode_image(data, max_image_pixels)  # the format comes from the bytes, whatever the member's name
-    sample.width, sample.height, sample.image_format = decoded.width, decoded.height, decoded.format
+    sample = replace(sample, width=decoded.width, height=decoded.height, image_format=decoded.format)
     if decoded.reason:
         return Verdict(sample, reason=decoded.reason, stage=DECODE, detail=decoded.detail)
-    sample.phash = phash(decoded.image)  # the copy signal of near dedup (filters/phash.py)
+    sample = replace(sample, phash=phash(decoded.image))  # the copy signal of near dedup (filters/phash.py)
     return Verdict(sample, image=decoded.image)
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 import unicodedata
 
+from curate.filters.basic import low_clip_score
+
 from curate.records import Sample
-from filters.basic import low_clip_score
 
 OUTSIDE_TOP_FRACTION = "outside_top_fraction"
 DEFAULT_LANGUAGE_KEY = "default"

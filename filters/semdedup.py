@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from curate.filters.dedup import Duplicate, pairs_above
 
 from curate.records import Sample, stable
-from filters.dedup import Duplicate, pairs_above
 
 SEMANTIC_DUPLICATE = "semantic_duplicate"
 STAGE = "semdedup"

@@ -23,12 +23,12 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
+from curate.filters import decontaminate, dedup, phash, semdedup
 
 from curate.config import ConfigError
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import NEAR_DEDUP, decision
 from curate.timing import timed
-from filters import decontaminate, dedup, phash, semdedup
 
 log = logging.getLogger("curate")
 
@@ -497,7 +497,7 @@ class Decontaminate(beam.PTransform):
 
     @classmethod
     def from_config(cls, cfg: dict) -> Decontaminate:
-        from pipelines import score
+        from curate.pipelines import score
 
         if cfg["decontaminate.eval_set"] is not None and not os.path.exists(cfg["decontaminate.eval_set"]):
             raise ConfigError(f"config error: decontaminate.eval_set {cfg['decontaminate.eval_set']!r} does not exist")

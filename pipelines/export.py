@@ -11,19 +11,20 @@ from __future__ import annotations
 import importlib
 
 import apache_beam as beam
+from curate.filters.image import decode_image
+from curate.pipelines.specs import PIPELINES
 
-from curate import fs
 from curate import config as config_lib
+from curate import fs
 from curate.config import ConfigError
+from curate.decisions import WriteDecisions
 from curate.exports.common import read_curated_shard
 from curate.exports.formats import FORMATS
 from curate.exports.writing import EXPORT
 from curate.io import TarReadError
 from curate.outputs import done
+from curate.raw_shards import UNREADABLE_TAR, list_input_shards
 from curate.records import RawSample, decision
-from curate.shards import UNREADABLE_TAR, WriteDecisions, list_input_shards
-from filters.image import decode_image
-from pipelines.specs import PIPELINES
 
 # FORMATS: name -> (module, class). Imported lazily: a format whose module is missing or broken is
 # reported when asked for, and the others still work.

@@ -15,6 +15,7 @@ import time
 
 import apache_beam as beam
 import pyarrow as pa
+from curate.pipelines.specs import PIPELINES
 from pyarrow import feather
 
 from curate import fs
@@ -23,7 +24,6 @@ from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, sha
 from curate.io import read_parquet, write_bytes, write_parquet
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
-from pipelines.specs import PIPELINES
 
 log = logging.getLogger("curate")
 

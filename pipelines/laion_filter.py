@@ -11,19 +11,21 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+from curate.filters import decontaminate, select
+from curate.filters.sample import BasicFilterParams, basic_filter
+from curate.pipelines import dedup as dedup_steps
+from curate.pipelines import export, score
+from curate.pipelines.specs import PIPELINES
 
 from curate import fs
 from curate.config import ConfigError, section
+from curate.decisions import WriteDecisions
 from curate.embeddings import ReadStoredScores, WriteEmbeddings, stored_hashes
 from curate.outputs import DECISIONS, MAIN, done, split
+from curate.raw_shards import list_input_shards
 from curate.records import BASIC_FILTER, CLIP_SCORE, decision
 from curate.scoring import cpu_threads_per_worker
-from curate.shards import UniqueKeys, WriteCuratedShards, WriteDecisions, list_input_shards
-from filters import decontaminate, select
-from filters.sample import BasicFilterParams, basic_filter
-from pipelines import dedup as dedup_steps
-from pipelines import export, score
-from pipelines.specs import PIPELINES
+from curate.shards import UniqueKeys, WriteCuratedShards
 
 SCHEMA = PIPELINES["laion_filter"].schema  # pipelines/specs.py
 

@@ -8,18 +8,24 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import apache_beam as beam
+from curate.filters.sample import decode_sample
+from curate.pipelines.specs import PIPELINES
 
 from curate import fs
 from curate.config import section
+from curate.decisions import WriteDecisions
 from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
 from curate.outputs import DECISIONS, MAIN, done, split
+from curate.raw_shards import list_input_shards, read_shard
 from curate.records import decision
-from curate.scoring import ClipPreprocessor, ScoreWithClip, cpu_threads_per_worker, stack
-from curate.shards import WriteDecisions, list_input_shards, read_shard
+from curate.scoring import (
+    ClipPreprocessor,
+    ScoreWithClip,
+    cpu_threads_per_worker,
+    stack,
+)
 from curate.timing import timed
-from filters.sample import decode_sample
-from pipelines.specs import PIPELINES
 
 SCHEMA = PIPELINES["score"].schema  # pipelines/specs.py
 

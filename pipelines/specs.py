@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from curate.filters.dedup import NEAR_METHODS
+from curate.filters.select import DEFAULT_LANGUAGE_KEY
+from curate.filters.semdedup import KEEP_MODES
+
 from curate.config import Option, Schema
 from curate.exports.formats import FORMATS
 from curate.exports.formats import SCHEMA as FORMAT_SCHEMA
-from filters.dedup import NEAR_METHODS
-from filters.select import DEFAULT_LANGUAGE_KEY
-from filters.semdedup import KEEP_MODES
 
 # Parts shared by several pipelines.
 INPUT_SCHEMA: Schema = {
@@ -162,25 +163,25 @@ class PipelineSpec:
 RAW = "raw"  # OUT/raw: the raw shards ingested from a URL table
 PIPELINES = {
     "laion_filter": PipelineSpec(
-        module="pipelines.laion_filter",
+        module="curate.pipelines.laion_filter",
         description="basic filters, CLIP score selection, exact and near-duplicate removal, curated shards",
         schema=LAION_FILTER_SCHEMA,
         outputs=(RAW, "embeddings", "shards", "exports", "decisions", "report.json"),
         reads=("input", "scores", "decontaminate.eval_set", "exports_config")),
     "score": PipelineSpec(
-        module="pipelines.score",
+        module="curate.pipelines.score",
         description="CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)",
         schema=SCORE_SCHEMA,
         outputs=("embeddings", "decisions", "report.json")),
     "export": PipelineSpec(
-        module="pipelines.export",
+        module="curate.pipelines.export",
         description="curated shards -> CLIP WebDataset, FLAVA masked/unimodal shards, Chameleon tokens, "
                     "LLaVA JSON, BLIP-2 shards",
         schema=EXPORT_SCHEMA,
         outputs=(*FORMATS, "decisions", "report.json"),
         reads=("input", "flava.run_dir", "flava.codebook", "chameleon.vq_model", "chameleon.tokenizer")),
     "ingest": PipelineSpec(
-        module="pipelines.ingest",
+        module="curate.pipelines.ingest",
         description="URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset",
         schema=INGEST_PIPELINE_SCHEMA,
         outputs=(RAW, "decisions", "report.json")),

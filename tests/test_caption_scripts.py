@@ -3,19 +3,20 @@
 The sentences are ordinary image captions written for these tests in each language (nothing here
 comes from curate's generator); py3langid names the language of each one.
 """
+import dataclasses
 import io
 import os
 import tarfile
 
 import pyarrow.parquet as pq
 import pytest
+from curate.filters import basic
+from curate.filters.sample import BasicFilterParams, basic_filter, decode_sample
+from curate.pipelines.laion_filter import ThresholdFn
 from PIL import Image, ImageDraw
 
 from curate import run
 from curate.records import BASIC_FILTER, RawSample, decision
-from filters import basic
-from filters.sample import BasicFilterParams, basic_filter, decode_sample
-from pipelines.laion_filter import ThresholdFn
 
 # ISO 639-1 code -> a caption in that language.
 SENTENCES = {
@@ -149,8 +150,7 @@ def test_rows_dropped_by_the_basic_filter_carry_the_language():
 
 def test_threshold_by_language_does_not_change_the_sample():
     """Stored scores without a language: the detected one goes into the row, the sample stays as it was."""
-    sample = decode_sample(raw(SENTENCES["fr"]), detect_language=False).sample
-    sample.clip_score = 0.1
+    sample = dataclasses.replace(decode_sample(raw(SENTENCES["fr"]), detect_language=False).sample, clip_score=0.1)
     [(tag, row)] = list(ThresholdFn(0.5, {"fr": 0.2, "default": 0.05}, detect=True).process(sample))
     assert tag == "decisions" and row["language"] == "fr" and row["clip_threshold"] == 0.2
     assert sample.language is None

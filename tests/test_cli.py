@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
+from curate.pipelines.specs import PIPELINES
 from ingest_server import FaultServer, image_caption
 
 from curate import run, synth
-from pipelines.specs import PIPELINES
 
 
 def cli(*args, cwd=None):

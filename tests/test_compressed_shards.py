@@ -21,7 +21,7 @@ from curate import run, synth
 from curate.ingest.table import is_url_table
 from curate.io import iter_tar_samples, shard_stem
 from curate.outputs import MAIN
-from curate.shards import UNREADABLE_TAR, list_input_shards, read_shard
+from curate.raw_shards import UNREADABLE_TAR, list_input_shards, read_shard
 
 SAMPLES, SHARD_SIZE, PER_SHARD = 60, 20, 16
 SHARDS = ["00000", "00001", "00002"]

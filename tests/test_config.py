@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import pytest
+from curate.pipelines import laion_filter, score
 
 from curate import config
-from pipelines import laion_filter, score
 
 
 def load(*sets, file=None):
@@ -104,7 +104,7 @@ def test_a_section_given_as_one_value_names_its_keys(item, keys):
 
 def test_every_pipeline_schema_loads_without_beam_or_torch():
     """The CLI checks a config with these before it imports Beam, torch or open_clip."""
-    code = ("import sys; from pipelines.specs import PIPELINES; from curate import config; "
+    code = ("import sys; from curate.pipelines.specs import PIPELINES; from curate import config; "
             "[config.load(n, s.schema, None, ['input=x']) for n, s in PIPELINES.items()]; "
             "print(sorted(m for m in ('apache_beam', 'torch', 'open_clip', 'webdataset') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
@@ -113,8 +113,8 @@ def test_every_pipeline_schema_loads_without_beam_or_torch():
 
 
 def test_pipeline_modules_use_the_specs_schemas():
-    from pipelines import export, ingest
-    from pipelines.specs import PIPELINES
+    from curate.pipelines import export, ingest
+    from curate.pipelines.specs import PIPELINES
 
     for name, module in (("laion_filter", laion_filter), ("score", score), ("export", export), ("ingest", ingest)):
         assert module.SCHEMA is PIPELINES[name].schema

@@ -5,12 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from curate.filters import decontaminate
+from curate.pipelines.dedup import embed_image_files
 from PIL import Image
 
 from curate import synth
 from curate.models.clip import ScorerSpec
-from filters import decontaminate
-from pipelines.dedup import embed_image_files
 
 
 def unit_rows(n, d=8, seed=0):

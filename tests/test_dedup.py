@@ -3,9 +3,9 @@ import random
 
 import numpy as np
 import pytest
+from curate.filters import dedup
 
 from curate.records import Sample
-from filters import dedup
 
 
 def sample(key, score=0.5, emb=None, sha="h", shard=0, index=None, phash=None):

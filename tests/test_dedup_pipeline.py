@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
+from curate.filters import dedup
+from curate.pipelines.dedup import Deduplicate, DedupParams
 
 from curate import run, synth
 from curate.records import Sample
-from filters import dedup
-from pipelines.dedup import Deduplicate, DedupParams
 
 SAMPLES = 400
 DUP_REASONS = ("exact_duplicate", "duplicate_url_caption", "near_duplicate", "semantic_duplicate")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from curate.filters.image import decode_image
 
 from curate import run, synth
 from curate.config import ConfigError
@@ -23,7 +24,6 @@ from curate.exports import packing
 from curate.exports.chameleon import SCHEMA, ChameleonExport, read_layout
 from curate.exports.common import read_curated_shard
 from curate.models import vq
-from filters.image import decode_image
 
 SEQ_LEN = 160   # about two documents (1 + caption + 66 image + 1 tokens) per sequence, so packing is exercised
 

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
+from curate.pipelines import export
 
 from curate import run, synth
 from curate.exports.flava import IMAGE_ONLY_REASONS, TEXT_ONLY_REASONS, block_mask
-from pipelines import export
 
 FORMATS = ["contrastive", "flava", "llava", "blip2"]
 GRID, CODEBOOK_VOCAB = 4, 64  # tiny FLAVA: 32-px images, 8-px patches -> 4 x 4 grid; codebook input 32 px
@@ -118,8 +118,14 @@ def _batch(pattern: str, n: int, decode="pil"):
 
 
 def _tiny_flava(text_vocab: int):
-    from transformers import (FlavaConfig, FlavaForPreTraining, FlavaImageCodebookConfig, FlavaImageConfig,
-                              FlavaMultimodalConfig, FlavaTextConfig)
+    from transformers import (
+        FlavaConfig,
+        FlavaForPreTraining,
+        FlavaImageCodebookConfig,
+        FlavaImageConfig,
+        FlavaMultimodalConfig,
+        FlavaTextConfig,
+    )
 
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     torch.manual_seed(0)
@@ -211,8 +217,14 @@ def test_llava_pretraining_json_and_images(exported):
     """LlavaForConditionalGeneration on records read the way LLaVA's train.py reads them:
     json.load(chat.json), PIL.Image.open(image_folder / record['image'])."""
     from PIL import Image
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     _, report, alone, _ = exported
     records = json.load(open(os.path.join(alone, "llava", "chat.json")))
@@ -248,8 +260,15 @@ def test_llava_pretraining_json_and_images(exported):
 def test_blip2_shards_as_lavis_reads_them(exported):
     """Blip2ForConditionalGeneration on a batch read as LAVIS's LAION builder does:
     WebDataset(...).decode("pilrgb").to_tuple("jpg", "json"), caption = json["caption"]."""
-    from transformers import (BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              Blip2QFormerConfig, Blip2VisionConfig, OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+    )
 
     _, _, alone, _ = exported
     tars = sorted(glob.glob(os.path.join(alone, "blip2", "*.tar")))

@@ -1,7 +1,6 @@
 """Each basic filter's rule at and around its boundary (pure functions, no Beam)."""
 import pytest
-
-from filters import basic
+from curate.filters import basic
 
 
 @pytest.mark.parametrize("w,h,dropped", [(200, 200, False), (199, 400, True), (400, 199, True),

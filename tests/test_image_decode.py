@@ -5,9 +5,8 @@ import zlib
 
 import numpy as np
 import pytest
+from curate.filters import image as img
 from PIL import Image, features
-
-from filters import image as img
 
 
 def encode(im, fmt="JPEG", **kw):

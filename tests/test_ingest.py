@@ -302,8 +302,9 @@ def test_table_contents_errors_are_one_line_before_any_work(tmp_path, capsys, ki
 def test_planning_leaves_no_pending_rows_when_a_table_fails(tmp_path):
     """A table that turns bad between the check and the planning (or an interrupt while planning)
     leaves no raw/.pending behind."""
+    from curate.pipelines import ingest as ingest_pipeline
+
     from curate import config
-    from pipelines import ingest as ingest_pipeline
 
     cfg = config.load("ingest", ingest_pipeline.SCHEMA, extra={
         "input": bad_table("folder_one_good_one_bad", tmp_path), "output": str(tmp_path / "out")})
@@ -466,9 +467,10 @@ def test_laion_filter_takes_a_url_table(server, tmp_path):
 
 
 def test_laion_filter_ingests_with_the_ingest_defaults():
+    from curate.pipelines import ingest as ingest_pipeline
+    from curate.pipelines import laion_filter
+
     from curate import config
-    from pipelines import ingest as ingest_pipeline
-    from pipelines import laion_filter
 
     mine = config.load("ingest", ingest_pipeline.SCHEMA)
     theirs = config.load("laion_filter", laion_filter.SCHEMA)

@@ -173,8 +173,9 @@ def test_decision_rows_record_the_threshold_that_applied_and_the_counted_caption
 
 
 def test_selection_passes_a_copy_that_carries_its_threshold():
+    from curate.pipelines.laion_filter import ThresholdFn, TopFractionFn
+
     from curate.records import Sample, decision
-    from pipelines.laion_filter import ThresholdFn, TopFractionFn
 
     sample = Sample(key="a", shard_index=0, shard_path="s.tar", member_index=0, caption="  a red circle \n",
                     clip_score=0.5, language="en")

@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from curate.filters import image as img_filter
 from PIL import Image, features
 
 from curate import run, synth
 from curate.io import iter_tar_groups, iter_tar_samples
-from curate.shards import read_shard
-from filters import image as img_filter
+from curate.raw_shards import read_shard
 
 CAPTION = b"two small red circles on the left"
 HAS_AVIF = bool(features.check("avif"))

@@ -7,16 +7,16 @@ import os
 from collections import Counter
 
 import pytest
-from PIL import Image
-
-from curate import photo_corpus as pc
-from curate.io import iter_tar_samples
-from filters.basic import (
+from curate.filters.basic import (
     boilerplate_caption,
     caption_too_short,
     extreme_aspect_ratio,
     image_too_small,
 )
+from PIL import Image
+
+from curate import photo_corpus as pc
+from curate.io import iter_tar_samples
 
 pytest.importorskip("skimage", reason="the photo corpus needs the test extra (scikit-image)")
 pytest.importorskip("sklearn", reason="the photo corpus needs the test extra (scikit-learn)")

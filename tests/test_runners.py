@@ -182,7 +182,11 @@ def test_portable_job_endpoint_equals_direct_run(corpus, direct, tmp_path):
 
 def test_runner_options_pass_through_unchanged():
     """Flags the CLI does not know are Beam's: Spark's and Flink's reach their option views as given."""
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, SparkRunnerOptions
+    from apache_beam.options.pipeline_options import (
+        FlinkRunnerOptions,
+        PortableOptions,
+        SparkRunnerOptions,
+    )
 
     _, beam_args = run.parse_args(["--pipeline", "laion_filter", "--runner=FlinkRunner",
                                    "--flink_master=flink-jm:8081", "--flink_job_server_jar=/jars/flink-js.jar",

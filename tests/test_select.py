@@ -4,12 +4,12 @@ import json
 import os
 
 import pytest
+from curate.filters import select
+from curate.pipelines import laion_filter
 
 from curate import config, synth
 from curate.io import iter_tar_samples
 from curate.records import Sample
-from filters import select
-from pipelines import laion_filter
 
 
 def s(key, score, language=None, caption="a red circle on the left"):

@@ -3,9 +3,9 @@ import random
 
 import numpy as np
 import pytest
+from curate.filters import semdedup
 
 from curate.records import Sample
-from filters import semdedup
 
 
 def sample(key, emb, index=None):

@@ -32,7 +32,13 @@ from curate import fs
 from curate.config import ConfigError
 from curate.exports import packing
 from curate.exports.formats import CHAMELEON_SCHEMA
-from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
+from curate.exports.writing import (
+    WriteSizesJson,
+    exportable,
+    progress,
+    shard_name,
+    write_json,
+)
 from curate.io import write_tar
 from curate.timing import timed
 

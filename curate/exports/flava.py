@@ -25,12 +25,26 @@ import numpy as np
 from curate import fs
 from curate.config import ConfigError
 from curate.exports.packing import npy_bytes
-from curate.exports.writing import WriteSizesJson, exportable, progress, shard_name, write_json
-from curate.io import IMAGE_EXTS, TarReadError, format_ext, iter_tar_samples, read_parquet, sample_json, write_tar
+from curate.exports.writing import (
+    WriteSizesJson,
+    exportable,
+    progress,
+    shard_name,
+    write_json,
+)
+from curate.filters import basic
+from curate.filters.image import decode_image
+from curate.filters.sample import clean_caption
+from curate.io import (
+    IMAGE_EXTS,
+    TarReadError,
+    format_ext,
+    iter_tar_samples,
+    read_parquet,
+    sample_json,
+    write_tar,
+)
 from curate.timing import timed
-from filters import basic
-from filters.image import decode_image
-from filters.sample import clean_caption
 
 log = logging.getLogger("curate")
 

@@ -198,7 +198,9 @@ def _staged_pair(prefix: str):
     """A local temp prefix for megatron-core's builder (it writes local files), published onto
     PREFIX.bin/.idx when the block succeeds: renamed beside it when local, uploaded when remote.
     .bin first, .idx last: a reader that finds the .idx finds its complete .bin."""
-    from curate import fs  # imported here: the benchmark runs this module with numpy + torch alone
+    from curate import (
+        fs,  # imported here: the benchmark runs this module with numpy + torch alone
+    )
     from curate.io import write_bytes
 
     remote = not fs.is_local(prefix)

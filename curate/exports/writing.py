@@ -11,10 +11,10 @@ import apache_beam as beam
 
 from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
+from curate.filters.image import Decoded, decode_image
 from curate.io import TarReadError, dumps_json, shard_stem, write_bytes, write_tar
 from curate.shards import write_sizes
 from curate.timing import timed
-from filters.image import Decoded, decode_image
 
 log = logging.getLogger("curate")
 

@@ -32,6 +32,7 @@ from PIL import Image
 from pyarrow import feather
 
 from curate import fs
+from curate.filters.image import allow_pil
 from curate.ingest import guard
 from curate.ingest.shard import (
     DECOMPRESSION_BOMB,
@@ -43,7 +44,6 @@ from curate.ingest.shard import (
     status_reason,
 )
 from curate.io import TAR_MTIME, iter_tar_samples, read_parquet, write_tar
-from filters.image import allow_pil
 
 
 class PixelLimit:

@@ -100,10 +100,10 @@ class _Pairs(torch.utils.data.Dataset):
 def finetune_instance_aware(state: dict, shard_dir: str, epochs: int = 1, batch_size: int = 128,
                             lr: float = 3e-4, instance_weight: float = 1.0, temperature: float = 0.05) -> dict:
     """Phase 2: CLIP loss + InfoNCE between each image and its copy, on the same image embedding."""
+    import open_clip
     import torch.nn.functional as F
 
     from curate.models.clip import ScorerSpec, image_transform, tokenizer
-    import open_clip
 
     spec = ScorerSpec()
     register_demo_config()

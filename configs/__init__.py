@@ -1,0 +1,1 @@
+"""The pipelines' default configs (NAME.yaml), installed as package data of curate."""
