@@ -1,9 +1,10 @@
-"""Pipeline configs: YAML files in configs/ hold the defaults, a schema here holds what is allowed.
+"""Pipeline configs: an ``Option`` per key holds its default, its meaning and what it allows.
 
-A config is a flat mapping of dotted keys (``filters.min_image_size``) to values. The pipeline's
-YAML file gives every key its default; a user file (``--config``) and ``--set key=value`` override
-them. Every key and value is checked before any work starts, and a problem is reported as one line
-that names the key and what it allows.
+A config is a flat mapping of dotted keys (``filters.min_image_size``) to values. The Options live in
+pipelines/specs.py (and curate/exports/formats.py); configs/NAME.yaml is generated from them
+(``python -m curate.config_docs --write``) and gives every key its default at load time; a user file
+(``--config``) and ``--set key=value`` override them. Every key and value is checked before any work
+starts, and a problem is reported as one line that names the key and what it allows.
 """
 from __future__ import annotations
 
@@ -24,9 +25,18 @@ class ConfigError(ValueError):
     """A bad key or value; the message is one line meant for the user."""
 
 
+class _Unset:
+    """An Option built without a default; curate.config_docs refuses to generate a file from it."""
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
 @dataclass(frozen=True)
 class Option:
-    """What one config key accepts."""
+    """One config key: its default, what it means (``help``) and what it accepts."""
     kind: type                      # int, float, bool, str, dict (str -> number, each within min/max),
                                     # or list (of strings; each one of choices when given)
     help: str
@@ -35,6 +45,9 @@ class Option:
     max: float | None = None
     nullable: bool = False
     required: tuple[str, ...] = ()  # dict: names that must be present
+    # The value configs/NAME.yaml gives the key; None writes null, which a key that is not nullable
+    # refuses: the user must give that key.
+    default: Any = UNSET
 
     def describe(self) -> str:
         noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
