@@ -6,11 +6,11 @@ samples read before the damage, never as a crash.
 from __future__ import annotations
 
 import logging
-import time
 
 import apache_beam as beam
 
 from curate import fs
+from curate.decisions import InputCount
 from curate.io import (
     IMAGE_EXTS,
     TarGroup,
@@ -22,7 +22,7 @@ from curate.io import (
 )
 from curate.outputs import DECISIONS, MAIN
 from curate.records import READ, RawSample, decision
-from curate.timing import add_time
+from curate.timing import timed
 
 log = logging.getLogger("curate")
 
@@ -75,16 +75,15 @@ def read_problem(group: TarGroup) -> tuple[str, str] | None:
 def read_shard(shard_index: int, path: str, total: int):
     """(MAIN, RawSample) per sample of one raw shard, in order, as webdataset groups members; a sample
     that cannot be taken as read (``read_problem``) is one (DECISIONS, row), and a broken tar ends as
-    one (DECISIONS, row) after the samples read before the damage, never as a crash."""
-    count, reading = 0, 0.0
+    one (DECISIONS, row) after the samples read before the damage, never as a crash. Last comes
+    (DECISIONS, InputCount): the samples read, which the shard's decision rows must number."""
+    count = 0
     log.info("reading shard %d/%d %s", shard_index + 1, total, fs.basename(path))
     samples = iter_tar_groups(path)
     try:
         while True:
-            # Time only the tar reading: downstream work runs inside the yield.
-            t0 = time.perf_counter()
-            item = next(samples, None)
-            reading += time.perf_counter() - t0
+            with timed(READ):  # only the tar reading: downstream work runs inside the yield
+                item = next(samples, None)
             if item is None:
                 break
             count += 1
@@ -100,7 +99,7 @@ def read_shard(shard_index: int, path: str, total: int):
         yield DECISIONS, decision(stub, False, READ, UNREADABLE_TAR, detail=str(e))
     beam.metrics.Metrics.counter("curate", "shards_read").inc()
     beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
-    add_time(READ, reading)
+    yield DECISIONS, InputCount(shard_index, count, total)
     log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, fs.basename(path), count)
 
 

@@ -138,11 +138,12 @@ def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}", writes: tup
 
     ``writes``: what this run writes in ``out``; ``reads``: config key -> path, what it reads.
     A folder holding the same run (same pipeline and settings: ``run_id``) is resumed: leftover temp
-    files go, and the rerun rewrites every output with the same bytes (outputs are deterministic,
-    writes atomic). Any other run's outputs among ``writes`` are refused unless ``overwrite``; then
-    they are removed, except what a run of another pipeline wrote (unless named in ``also``), and
-    never a path this run reads: both are refused with a one-line message that suggests a safe
-    command. Nothing else in the folder is touched, and nothing at all before every check passed.
+    files go, the scoring stage skips every input shard it checkpointed (curate.resume; kept only
+    for RESUME), and the rerun rewrites every other output with the same bytes (outputs are
+    deterministic, writes atomic). Any other run's outputs among ``writes`` are refused unless
+    ``overwrite``; then they are removed, except what a run of another pipeline wrote (unless named
+    in ``also``), and never a path this run reads: both are refused with a one-line message that
+    suggests a safe command. Nothing else in the folder is touched, and nothing at all before every check passed.
     """
     from curate.io import write_bytes
 
@@ -154,7 +155,10 @@ def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}", writes: tup
             if TEMP_NAME.match(fs.basename(path)):
                 fs.remove(path)
         fs.makedirs(fs.join(out, "decisions"))
-        return RERUN if fs.exists(fs.join(out, REPORT)) else RESUME
+        if not fs.exists(fs.join(out, REPORT)):
+            return RESUME
+        _drop_checkpoint(out)  # a completed run is redone whole (ingest.retry_failed may change its input)
+        return RERUN
     if fs.exists(out) and fs.is_local(out) and not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out!r} is not writable")
     remove = found + [name for name in also if name not in found and fs.exists(fs.join(out, name))]
@@ -172,8 +176,18 @@ def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}", writes: tup
     if fs.is_local(out) and not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out!r} is not writable")
     fs.makedirs(fs.join(out, "decisions"))
+    _drop_checkpoint(out)  # checkpointed by a run of other settings, or one that is started over
     write_bytes(marker, run_id)
     return NEW
+
+
+def _drop_checkpoint(out: str) -> None:
+    """Remove the per-shard checkpoint of the scoring stage (curate.resume): only the interrupted run
+    that wrote it may reuse it, and a completed run needs it no more."""
+    from curate import resume
+
+    if fs.exists(resume.folder(out)):
+        fs.remove(resume.folder(out))
 
 
 def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes | None, found: list[str],
@@ -416,8 +430,10 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
         log.info("output folder: %s", out)
         local_workers = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
         with _ctrl_c_exits(stopped, local_workers) if ctrl_c_exits else contextlib.nullcontext():
-            return _execute(args.pipeline, module, cfg, options, reads_table,
-                            builtin_input=cfg["input"] is None and not reuse)
+            report = _execute(args.pipeline, module, cfg, options, reads_table,
+                              builtin_input=cfg["input"] is None and not reuse)
+        _drop_checkpoint(out)  # after report.json: until then the run can still be resumed
+        return report
     except KeyboardInterrupt:
         raise Interrupted(stopped) from None
 
@@ -429,14 +445,14 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
 
     from curate import guard_rails
     from curate.pipelines import ingest
-    from curate.report import count_decisions, summary, write_report
+    from curate.report import check_conservation, count_decisions, summary, write_report
     from curate.shards import write_sizes
-    from curate.timing import stage_seconds
+    from curate.timing import process_cpu_seconds, stage_seconds
 
     out = cfg["output"]
     if builtin_input:
         cfg["input"] = sample_corpus(out, cfg)
-    t0 = time.time()
+    t0, cpu0 = time.time(), process_cpu_seconds()
     build_cfg = cfg
     if pipeline_name != "ingest" and reads_table:
         with _local_worker_log_levels(out, options):  # URL table: download into OUT/raw first
@@ -448,7 +464,7 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
         result.wait_until_finish()
         if getattr(result, "client", None) is not None:  # Beam's DaskRunner leaves its client open
             result.client.close()
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, process_cpu_seconds() - cpu0
 
     shards = None
     if getattr(module, "WRITES_SHARDS", False):
@@ -457,12 +473,13 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
         if not fs.exists(fs.join(shard_dir, "sizes.json")):  # nothing kept: no element reached it
             write_sizes(shard_dir, {})
         shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
-    counts = count_decisions(fs.join(out, "decisions"))
+    counts = count_decisions(fs.join(out, "decisions"), None if shards is None else sum(shards.values()))
     synthetic = guard_rails.synthetic_input(cfg, builtin_input)
     report = write_report(out, pipeline_name, cfg, counts, wall, stage_seconds(result), shards,
                           options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
-                          synthetic)
+                          synthetic, cpu)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
+    check_conservation(counts)  # after the report: a failed run keeps its evidence
     return report
 
 
@@ -491,6 +508,13 @@ def main(argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # Imported once a run has started; samples lost between reading and the decisions table.
+        report = sys.modules.get("curate.report")
+        if report is None or not isinstance(e, report.ConservationError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,15 +11,18 @@ The evaluation set is one of:
   ``metadata/metadata_*.parquet`` with a ``key`` column), e.g. a score run's ``embeddings/``;
 - a folder of image files (jpg, jpeg, png, webp), embedded with the run's scorer.
 The embeddings must come from the same model as the corpus's: they are compared as they are.
+The path is local or any fsspec URL (gs://, s3://, memory:// ...): it is read through curate.fs,
+as every other path is.
 """
 from __future__ import annotations
 
-import glob
+import io
 import os
 import re
 
 import numpy as np
 
+from curate import fs
 from curate.records import stable
 
 CONTAMINATED = "contaminated"
@@ -35,56 +38,86 @@ def _part(path: str) -> int:
     return int(re.search(r"_(\d+)\.npy$", path).group(1))
 
 
+def _is_npy_file(path: str) -> bool:
+    return path.endswith(".npy") and fs.isfile(path)
+
+
+def _npy_shape(path: str) -> tuple[int, ...]:
+    """The array shape in a .npy file's header, without reading the array."""
+    with fs.open(path, "rb") as f:
+        major, _minor = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return header(f)[0]
+
+
+def _load_npy(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(fs.read_bytes(path)))
+
+
+def _image_files(folder: str) -> list[str]:
+    """Image files anywhere under ``folder``, sorted."""
+    return sorted(f for f in fs.walk_files(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _relative(path: str, root: str) -> str:
+    """``path``, found under ``root`` by fs.walk_files, relative to ``root`` ('/'-separated for URLs,
+    whose listing spells the root its own way: memory://ev lists memory:///ev/...)."""
+    if fs.is_local(root):
+        return os.path.relpath(path, fs.local_path(root))
+    inside = root.split("://", 1)[1].strip("/")
+    return path.split("://", 1)[1].lstrip("/")[len(inside) + 1:]
+
+
 def check_eval_set(path: str) -> None:
-    """Raise EvalSetError (one line) unless ``path`` is an evaluation set ``load_eval_set`` can read:
-    the same checks, without loading embeddings or the scorer, so that a run can refuse it before
-    touching its output folder."""
-    if path.endswith(".npy") and os.path.isfile(path):
-        shape = np.load(path, mmap_mode="r").shape
+    """Raise EvalSetError (one line) unless ``path`` (local or an fsspec URL) is an evaluation set
+    ``load_eval_set`` can read: the same checks, without loading embeddings or the scorer, so that a
+    run can refuse it before touching its output folder."""
+    if _is_npy_file(path):
+        shape = _npy_shape(path)
         if len(shape) != 2:
             raise EvalSetError(f"eval set {path!r}: expected a 2-d array of embeddings, got shape {shape}")
         return
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
         raise EvalSetError(f"eval set {path!r} is neither a .npy file nor a folder")
-    if glob.glob(os.path.join(path, "img_emb", "img_emb_*.npy")):
+    if fs.glob(fs.join(path, "img_emb", "img_emb_*.npy")):
         return
-    if not any(f.lower().endswith(IMAGE_SUFFIXES) for f in glob.iglob(os.path.join(path, "**", "*"), recursive=True)):
+    if not _image_files(path):
         raise EvalSetError(f"eval set {path!r} holds no img_emb/*.npy and no image files ({', '.join(IMAGE_SUFFIXES)})")
 
 
 def load_eval_set(path: str, embed_images=None) -> tuple[np.ndarray, list[str]]:
-    """(embeddings (n, d) float32, a name per row) of the evaluation set at ``path``.
+    """(embeddings (n, d) float32, a name per row) of the evaluation set at ``path`` (local or an
+    fsspec URL, through curate.fs like every other path).
 
     ``embed_images(list of file paths) -> (n, d) array`` embeds a folder of images (the scorer).
     """
-    if path.endswith(".npy") and os.path.isfile(path):
-        emb = np.load(path)
+    if _is_npy_file(path):
+        emb = _load_npy(path)
         if emb.ndim != 2:
             raise EvalSetError(f"eval set {path!r}: expected a 2-d array of embeddings, got shape {emb.shape}")
         return emb.astype(np.float32), [f"row:{i}" for i in range(len(emb))]
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
         raise EvalSetError(f"eval set {path!r} is neither a .npy file nor a folder")
-    parts = sorted(glob.glob(os.path.join(path, "img_emb", "img_emb_*.npy")), key=_part)
+    parts = sorted(fs.glob(fs.join(path, "img_emb", "img_emb_*.npy")), key=_part)
     if parts:
-        import pyarrow.parquet as pq
+        from curate.io import read_parquet
 
         embs, names = [], []
         for p in parts:
-            emb = np.load(p).astype(np.float32)
-            meta = os.path.join(path, "metadata", f"metadata_{_part(p)}.parquet")
-            keys = pq.read_table(meta, columns=["key"]).column("key").to_pylist() if os.path.exists(meta) else None
+            emb = _load_npy(p).astype(np.float32)
+            meta = fs.join(path, "metadata", f"metadata_{_part(p)}.parquet")
+            keys = read_parquet(meta, columns=["key"]).column("key").to_pylist() if fs.exists(meta) else None
             if keys is not None and len(keys) != len(emb):
                 raise EvalSetError(f"eval set {path!r}: {meta} has {len(keys)} rows for {len(emb)} embeddings")
             embs.append(emb)
-            names += keys or [f"{os.path.basename(p)}:{i}" for i in range(len(emb))]
+            names += keys or [f"{fs.basename(p)}:{i}" for i in range(len(emb))]
         return np.concatenate(embs), names
-    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                   if f.lower().endswith(IMAGE_SUFFIXES))
+    files = _image_files(path)
     if not files:
         raise EvalSetError(f"eval set {path!r} holds no img_emb/*.npy and no image files ({', '.join(IMAGE_SUFFIXES)})")
     if embed_images is None:
         raise EvalSetError(f"eval set {path!r} holds images; embedding them needs the scorer")
-    return np.asarray(embed_images(files), dtype=np.float32), [os.path.relpath(f, path) for f in files]
+    return np.asarray(embed_images(files), dtype=np.float32), [_relative(f, path) for f in files]
 
 
 def nearest_eval(emb: np.ndarray, eval_emb: np.ndarray) -> tuple[int, float]:

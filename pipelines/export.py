@@ -17,7 +17,7 @@ from curate.pipelines.specs import PIPELINES
 from curate import config as config_lib
 from curate import fs
 from curate.config import ConfigError
-from curate.decisions import WriteDecisions
+from curate.decisions import InputCount, WriteDecisions
 from curate.exports.common import read_curated_shard
 from curate.exports.formats import FORMATS
 from curate.exports.writing import EXPORT
@@ -99,14 +99,16 @@ def check_rows(element, shard_index: dict[str, int]):
     """Decision rows for one curated shard: kept when every format can export the sample (its
     image decodes), else the decoder's reason; a tar that breaks off adds an unreadable_tar row."""
     path = element
-    index = shard_index[path]
+    index, read = shard_index[path], 0
     try:
         for s in read_curated_shard(path):
+            read += 1
             d = decode_image(s.image)
             yield decision(RawSample(s.key, index, path, s.index, {}), d.reason is None, EXPORT, d.reason,
                            detail=d.detail, width=d.width, height=d.height)
     except TarReadError as e:
         yield decision(RawSample("", index, path, -1, {}), False, EXPORT, UNREADABLE_TAR, detail=str(e))
+    yield InputCount(index, read, len(shard_index))  # counted where read: report.py checks the rows against it
 
 
 class ExportFormats(beam.PTransform):

@@ -8,6 +8,7 @@ Input tables and the output folder may be local paths or fsspec URLs (every path
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,9 +20,10 @@ from curate.pipelines.specs import PIPELINES
 from pyarrow import feather
 
 from curate import fs
+from curate.decisions import InputCount, write_decision_file
 from curate.ingest import guard, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
-from curate.io import read_parquet, write_bytes, write_parquet
+from curate.io import read_parquet, write_bytes
 from curate.outputs import done
 from curate.records import DECISION_SCHEMA
 
@@ -76,14 +78,17 @@ def check_input(cfg: dict) -> None:
         table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"], check_only=True)
 
 
-def plan(cfg: dict) -> list[ShardTask]:
+def plan(cfg: dict, write: bool = True) -> list[ShardTask]:
     """Cut the tables into shards (img2dataset's numbering: consecutive across files, none spanning
     two) and write the rows of each shard still to do under OUT/raw/.pending.
 
     Finished shards are skipped; with retry_failed their retryable failed rows are planned instead.
+    ``write=False`` (a dry run): the same tasks, and nothing written or removed anywhere.
     """
     raw = fs.join(cfg["output"], RAW)
     pending = fs.join(raw, ".pending")
+    if not write:
+        return _plan_shards(cfg, raw, pending, write=False)
     if fs.is_local(raw):
         shutil.rmtree(pending, ignore_errors=True)  # rows planned by an earlier, interrupted run
         os.makedirs(pending)
@@ -105,7 +110,7 @@ def plan(cfg: dict) -> list[ShardTask]:
     return tasks
 
 
-def _plan_shards(cfg: dict, raw: str, pending: str) -> list[ShardTask]:
+def _plan_shards(cfg: dict, raw: str, pending: str, write: bool = True) -> list[ShardTask]:
     n, tasks, shard_id = cfg["ingest.samples_per_shard"], [], 0
     for path in table.list_tables(cfg["input"]):
         rows = table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
@@ -120,10 +125,12 @@ def _plan_shards(cfg: dict, raw: str, pending: str) -> list[ShardTask]:
                 todo = _failed_rows(fs.join(raw, shard_name(shard_id) + ".parquet"), columns)
             if todo is not None and todo.num_rows:
                 target = fs.join(pending, f"{shard_name(shard_id)}.feather")
-                _write_rows(target, todo)
-                tasks.append(ShardTask(shard_id, target, path, start, retry=is_finished(raw, shard_id)))
+                if write:
+                    _write_rows(target, todo)
+                tasks.append(ShardTask(shard_id, target, path, start, table_rows=min(n, rows.num_rows - start),
+                                       shards=0, retry=is_finished(raw, shard_id)))
             shard_id += 1
-    return tasks
+    return [dataclasses.replace(t, shards=shard_id) for t in tasks]  # the total is known only now
 
 
 def _write_rows(target: str, rows: pa.Table) -> None:
@@ -180,9 +187,12 @@ class DownloadShardFn(beam.DoFn):
 
         def write_decisions(rows):
             fs.makedirs(folder)
-            write_parquet(fs.join(folder, f"{INGEST}-{shard_name(task.shard_id)}.parquet"),
-                          pa.Table.from_pylist(decision_rows(task, self._s, rows, self._successes),
-                                               schema=DECISION_SCHEMA))
+            # Counted from the URL table; without successes, the downloaded rows go on to the raw shard
+            # and are counted again where it is read.
+            downloaded = None if self._successes else sum(r is None for r in rows.column("reason").to_pylist())
+            write_decision_file(fs.join(folder, f"{INGEST}-{shard_name(task.shard_id)}.parquet"),
+                                decision_rows(task, self._s, rows, self._successes),
+                                InputCount(task.shard_id, task.table_rows, task.shards, downloaded))
 
         t0 = time.perf_counter()
         log.info("downloading shard %s%s", shard_name(task.shard_id), " (retrying its failed rows)" if task.retry else "")
@@ -214,7 +224,12 @@ class Ingest(beam.PTransform):
 
 
 def build(pipeline: beam.Pipeline, config: dict, successes: bool = True) -> None:
-    pipeline | "Ingest" >> Ingest(config, plan(config), successes)
+    """Add ingest to ``pipeline``; with ``--dry_run=True`` the shards are planned without writing
+    their rows (the job is built, never run)."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    dry_run = bool(pipeline.options.view_as(TestOptions).dry_run)
+    pipeline | "Ingest" >> Ingest(config, plan(config, write=not dry_run), successes)
 
 
 def ingest_first(cfg: dict, options) -> dict:

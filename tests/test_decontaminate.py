@@ -75,3 +75,36 @@ def test_image_folder_without_scorer(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     with pytest.raises(decontaminate.EvalSetError, match="needs the scorer"):
         decontaminate.load_eval_set(str(tmp_path))
+
+
+def test_eval_sets_are_read_through_fsspec(tmp_path):
+    """Issue 14: eval-set paths go through curate.fs like every other path; here fsspec's memory://
+    filesystem holds a .npy file, a clip-retrieval folder and an image folder, read as the same
+    files on a local disk are."""
+    from curate import fs
+
+    root = "memory://decontaminate-evalsets"
+    rng = np.random.default_rng(1)
+    images = [synth.render(synth.make_scene(rng), (64, 64), rng) for _ in range(2)]
+    e = unit_rows(3)
+    for base in (str(tmp_path), root):
+        for name, write in (("eval.npy", lambda f: np.save(f, e)),
+                            ("emb/img_emb/img_emb_0.npy", lambda f: np.save(f, e.astype(np.float16))),
+                            ("emb/metadata/metadata_0.parquet", lambda f: pq.write_table(pa.table({"key": ["a", "b", "c"]}), f)),
+                            ("images/a.png", lambda f: images[0].save(f, format="PNG")),
+                            ("images/sub/b.jpg", lambda f: images[1].save(f, format="JPEG", quality=90))):
+            fs.makedirs(fs.dirname(fs.join(base, name)))
+            with fs.open(fs.join(base, name), "wb") as f:
+                write(f)
+    try:
+        embed = embed_image_files(ScorerSpec())
+        for name, expect_names in (("eval.npy", ["row:0", "row:1", "row:2"]), ("emb", ["a", "b", "c"]),
+                                   ("images", ["a.png", "sub/b.jpg"])):
+            decontaminate.check_eval_set(fs.join(root, name))
+            remote_emb, remote_names = decontaminate.load_eval_set(fs.join(root, name), embed)
+            local_emb, local_names = decontaminate.load_eval_set(str(tmp_path / name), embed)
+            assert remote_names == local_names == expect_names and np.array_equal(remote_emb, local_emb)
+        with pytest.raises(decontaminate.EvalSetError, match="neither a .npy file nor a folder"):
+            decontaminate.check_eval_set(fs.join(root, "missing"))
+    finally:
+        fs.remove(root)

@@ -83,6 +83,9 @@ def test_laion_filter_exports_equal_the_export_pipeline(exported):
     out, report, alone, alone_report = exported
     kept = report["counts"]["kept"]
     assert alone_report["counts"] == {**alone_report["counts"], "input": kept, "kept": kept, "dropped": 0}
+    # the export run counted every curated shard's samples where it read them, and they all have rows
+    conservation = alone_report["counts"]["conservation"]
+    assert conservation["input_read"] == kept and not conservation["files_uncounted"] and not conservation["problems"]
     for name in FORMATS:
         files = _same_tree(os.path.join(out, "exports", name), os.path.join(alone, name))
         assert files
@@ -211,6 +214,35 @@ def test_flava_unimodal_streams_follow_the_decisions(exported):
     loss = mim.loss_info.mim + mlm.loss_info.mlm
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_flava_unimodal_plan_walks_repeats_without_gathering_them():
+    """The distributed plan (repeats joined by content and key, groups walked apart, shards cut by
+    prefix sums of per-raw-shard counts) equals one walk over every candidate in order, chains of
+    repeats included (a, b share a key, b, c an image: a and c are taken)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from curate.exports import flava
+
+    rng = random.Random(4)
+    candidates = [flava.Candidate((f"/in/{rng.randrange(3):05d}.tar", i, "d.parquet", i), rng.choice(["image_only", "text_only"]),
+                                  f"k{rng.randrange(60)}", f"c{rng.randrange(60)}", (i,)) for i in range(200)]
+    candidates += [flava.Candidate(("/in/00009.tar", 0, "", 0), "image_only", "ka", "ca", ("a",)),
+                   flava.Candidate(("/in/00009.tar", 1, "", 0), "image_only", "ka", "cb", ("b",)),
+                   flava.Candidate(("/in/00009.tar", 2, "", 0), "image_only", "kc", "cb", ("c",))]
+    curated = [("image_only", "c1"), ("text_only", "c2"), ("text_only", "c1")]
+    taken = flava.first_of_repeats(c for c in candidates if (c.stream, c.content) not in curated)
+    assert [c.item for c in taken if c.order[0] == "/in/00009.tar"] == [("a",), ("c",)]
+    expected = []
+    for stream in ("image_only", "text_only"):
+        items = [c.item for c in taken if c.stream == stream]
+        expected += [(stream, (start // 7, items[start:start + 7])) for start in range(0, len(items), 7)]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        plans = (p | "Candidates" >> beam.Create(candidates)
+                 | flava.FirstOfRepeats(p | "Curated" >> beam.Create(curated)) | flava.IntoShards(7))
+        assert_that(plans, equal_to(expected))
 
 
 def test_llava_pretraining_json_and_images(exported):

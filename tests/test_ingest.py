@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from complete_files import assert_complete
 from ingest_server import FAULTS, FaultServer, image_caption, png_header_only
 
 from curate import run
@@ -299,6 +300,21 @@ def test_table_contents_errors_are_one_line_before_any_work(tmp_path, capsys, ki
     assert not out.exists()
 
 
+def test_a_dry_run_writes_nothing(tmp_path):
+    """Issue 14: `ingest --dry_run=True` planned its shards by writing their rows to OUT/raw/.pending.
+    DataflowRunner builds the job offline and stops before submitting it; the output stays absent."""
+    pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient")
+    rows = [{"url": f"http://127.0.0.1:9/img/{i}.jpg", "caption": image_caption(i)} for i in range(12)]
+    out = tmp_path / "out"
+    result = run.run(["--pipeline", "ingest", "--input", write_jsonl(tmp_path / "urls.jsonl", rows), "--output", str(out),
+                      *FAST, "--runner=DataflowRunner", "--project=curate-offline-check", "--region=us-central1",
+                      "--temp_location=gs://curate-offline-check/tmp", "--dry_run=True"])
+    assert result["dry_run"] and result["state"] == "DONE"
+    names = {t.unique_name for t in result["job"].proto_pipeline.components.transforms.values()}
+    assert "Ingest/DownloadShard" in names
+    assert not out.exists()
+
+
 def test_planning_leaves_no_pending_rows_when_a_table_fails(tmp_path):
     """A table that turns bad between the check and the planning (or an interrupt while planning)
     leaves no raw/.pending behind."""
@@ -510,6 +526,7 @@ def test_killed_run_leaves_no_truncated_shard_and_resumes_to_the_same_bytes(serv
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     for tar in (out / "raw").glob("*.tar"):  # whatever has a final name is complete
         assert len(list(iter_tar_samples(str(tar)))) == 10
+    assert_complete(out)  # and every parquet, json and tar under a final name reads whole
     report = ingest(path, out, "--set", "ingest.thread_count=2")
     assert report["counts"]["kept"] == 30
     assert raw_files(out) == raw_files(tmp_path / "reference")

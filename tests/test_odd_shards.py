@@ -66,7 +66,8 @@ def test_a_repeated_member_name_is_marked_not_silently_replaced(tmp_path):
     path = write_tar(tmp_path / "x.tar", [("k.jpg", first), ("k.JPG", second), ("k.txt", CAPTION)])
     (group,) = list(iter_tar_groups(path))
     assert group.key == "k" and group.repeated == ("k.JPG",) and group.fields["jpg"] == first
-    (item,) = list(read_shard(0, path, 1))
+    item, (_, count) = list(read_shard(0, path, 1))  # the sample's row, then the reader's count
+    assert count.samples == 1
     tag, row = item
     assert tag == "decisions" and row["reason"] == "duplicate_member" and row["stage"] == "read"
     assert "k.JPG" in row["detail"] and row["source_index"] == 0
@@ -88,7 +89,7 @@ def test_non_adjacent_members_are_grouped_as_webdataset_groups_them(tmp_path):
     assert [g.key for g in groups] == [s["__key__"] for s in wds.WebDataset(path, shardshuffle=False)]
     assert [(g.key, g.earlier_index, g.earlier_members) for g in groups] == [
         ("a", None, ()), ("b", None, ()), ("a", 0, ("jpg",)), ("b", 1, ("jpg",))]
-    rows = [row for tag, row in read_shard(0, path, 1) if tag == "decisions"]
+    rows = [row for tag, row in read_shard(0, path, 1) if tag == "decisions" and isinstance(row, dict)]
     assert [(r["key"], r["source_index"], r["reason"]) for r in rows] == [("a", 2, "split_sample"),
                                                                          ("b", 3, "split_sample")]
     assert "source_index 0" in rows[0]["detail"] and "members jpg" in rows[0]["detail"]

@@ -87,11 +87,15 @@ class Settings:
 @dataclass(frozen=True)
 class ShardTask:
     """One shard to download: rows (Arrow IPC file, local path or URL) of ``source`` from ``first_row`` on; ``retry``:
-    the rows are the failed ones of a finished shard, merged back into it."""
+    the rows are the failed ones of a finished shard, merged back into it. ``table_rows``: the shard's rows in
+    the URL table (all of them, also on a retry) and ``shards``: the tables' shards in all, counted when
+    planning, against which the shard's decision rows are checked (curate.report)."""
     shard_id: int
     rows_path: str
     source: str
     first_row: int
+    table_rows: int
+    shards: int
     retry: bool = False
 
 
