@@ -7,6 +7,8 @@
                                              image member's extension and the image's real format
 
 P is the index of the input shard, so autofaiss and clip-retrieval can index the folders as they are.
+A part is written as soon as its input shard is scored (pipelines/score.py's ScoreShards, which
+checkpoints the shard for a resumed run: curate.resume).
 Samples that could not be scored (unreadable tar, undecodable image) are rows of OUT/decisions with
 stage 'read' or 'decode'; a selection run over stored scores carries them over.
 """
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import fs
+from curate.decisions import InputCount, recorded_count
 from curate.io import read_parquet, write_bytes, write_parquet
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import DECISION_SCHEMA, DECODE, READ, Sample, stable
@@ -96,43 +99,32 @@ def check_store(run_dir: str) -> None:
                          "from a score or laion_filter run)")
 
 
-class _WritePart(beam.DoFn):
-    def __init__(self, emb_dir: str):
-        self._dir = emb_dir
-
-    def process(self, element):
-        part, samples = element
-        write_part(self._dir, part, list(samples))
-        yield part
-
-
-class WriteEmbeddings(beam.PTransform):
-    """Scored samples -> OUT/embeddings in clip-retrieval's layout, one part per input shard."""
-
-    def __init__(self, emb_dir: str):
-        super().__init__()
-        self._dir = emb_dir
-
-    def expand(self, samples):
-        return (samples
-                | "ByInputShard" >> beam.Map(lambda s: (s.shard_index, s))
-                | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WritePart(self._dir)))
-
-
 class _ReadPart(beam.DoFn):
+    """One input shard of a score run -> its stored Samples (MAIN), its unscored rows and its
+    InputCount (DECISIONS): the samples the score run read from that shard when it recorded them
+    (so a sample the store lost is missed, not forgotten), else those read here."""
+
     def __init__(self, run_dir: str):
         self._run_dir = run_dir
 
+    def setup(self):
+        self._parts = len(list_parts(self._run_dir))  # what ReadStoredScores lists: the run's input shards
+
     def process(self, part):
+        read = 0
         for sample in read_part(fs.join(self._run_dir, "embeddings"), part):
+            read += 1
             yield MAIN, sample
         path = fs.join(self._run_dir, "decisions", f"{part:05d}.parquet")
+        recorded = None
         if fs.exists(path):
+            recorded = recorded_count(path)
             for row in read_parquet(path, schema=DECISION_SCHEMA).to_pylist():
                 if row["stage"] in (READ, DECODE):  # samples the score run could not score
+                    read += row["source_index"] >= 0  # a shard-level row (unreadable tar) is no sample
                     row["_shard_index"] = part
                     yield DECISIONS, row
+        yield DECISIONS, InputCount(part, read if recorded is None else recorded.samples, self._parts)
 
 
 class ReadStoredScores(beam.PTransform):

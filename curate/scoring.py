@@ -1,4 +1,5 @@
-"""CLIP scoring in Beam: CPU preprocessing, then RunInference with an open_clip ModelHandler."""
+"""CLIP scoring: CPU preprocessing, then an open_clip ModelHandler (Beam RunInference's interface), called
+per input shard by pipelines/score.py's ScoreShards."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-import apache_beam as beam
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from curate.models import clip
 from curate.records import Sample, stable
@@ -31,8 +31,9 @@ class ClipBatch:
 class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Module]):
     """Loads one open_clip model per worker and encodes ClipBatches.
 
-    Batches arrive already built (see pipelines/score.py) and RunInference's own batching is
-    skipped, so each call gets one ClipBatch.
+    pipelines/score.py's ScoreShards builds the batches per input shard and calls ``run_inference``
+    with one ClipBatch at a time, so that a shard is scored, checkpointed and emitted by one
+    process() call (curate.resume).
     On a CUDA out-of-memory error a batch is split in half and retried, down to single samples,
     so a batch size that is too large costs time, not samples.
     """
@@ -129,36 +130,19 @@ def stack(items: list) -> ClipBatch:
                      torch.stack([x[1] for _, x in items]))
 
 
-class _AttachScores(beam.DoFn):
-    def process(self, result: PredictionResult):
-        img, txt = result.inference
-        scores = clip.cosine(img, txt)
-        for i, sample in enumerate(result.example.samples):
-            # Stored embeddings are float16; selecting on the same values makes a re-run on stored
-            # scores decide exactly as this run does.
-            yield dataclasses.replace(sample, clip_score=stable(scores[i]),
-                                      image_embedding=img[i].astype(np.float16).astype(np.float32),
-                                      text_embedding=txt[i].astype(np.float16).astype(np.float32))
+def scored_samples(batch: ClipBatch, img: np.ndarray, txt: np.ndarray) -> list[Sample]:
+    """A batch's samples with clip_score and image/text embeddings set, from the model's L2-normalised
+    embeddings (rows aligned with ``batch.samples``).
 
-
-class ScoreWithClip(beam.PTransform):
-    """ClipBatches -> Samples with clip_score and image/text embeddings set."""
-
-    def __init__(self, spec: clip.ScorerSpec, cpu_threads: int = 0):
-        super().__init__()
-        self._spec = spec
-        self._cpu_threads = cpu_threads  # 0: torch's default (all cores)
-
-    def expand(self, batches):
-        return (
-            batches
-            # Each element is already a whole batch: wrap it as a one-batch sequence and skip
-            # RunInference's BatchElements, which emits its last batch from finish_bundle, an
-            # output Beam's DaskRunner drops.
-            | "AsPrebatched" >> beam.Map(lambda batch: [batch])
-            | "Encode" >> RunInference(OpenClipModelHandler(self._spec, self._cpu_threads).with_no_batching())
-            | "AttachScores" >> beam.ParDo(_AttachScores())
-        )
+    Embeddings are kept as float16 values, as OUT/embeddings stores them, and the score to 4 decimals
+    (records.stable): a run on stored scores, or a resumed run that reads a shard's stored part back
+    (curate.resume), then decides exactly as this run does.
+    """
+    scores = clip.cosine(img, txt)
+    return [dataclasses.replace(sample, clip_score=stable(scores[i]),
+                                image_embedding=img[i].astype(np.float16).astype(np.float32),
+                                text_embedding=txt[i].astype(np.float16).astype(np.float32))
+            for i, sample in enumerate(batch.samples)]
 
 
 def cpu_threads_per_worker(options) -> int:

@@ -5,29 +5,32 @@ re-selects with any thresholds without loading the model again.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
+import logging
 
 import apache_beam as beam
+from apache_beam.utils import shared
 from curate.filters.sample import decode_sample
 from curate.pipelines.specs import PIPELINES
 
-from curate import fs
+from curate import fs, resume, scoring
 from curate.config import section
 from curate.decisions import WriteDecisions
-from curate.embeddings import WriteEmbeddings
 from curate.models.clip import ScorerSpec
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.raw_shards import list_input_shards, read_shard
 from curate.records import decision
+from curate.resume import ScoreCheckpoint
 from curate.scoring import (
     ClipPreprocessor,
-    ScoreWithClip,
     cpu_threads_per_worker,
+    scored_samples,
     stack,
 )
 from curate.timing import timed
 
 SCHEMA = PIPELINES["score"].schema  # pipelines/specs.py
+log = logging.getLogger("curate")
 
 
 def scorer_spec(config: dict) -> ScorerSpec:
@@ -35,8 +38,22 @@ def scorer_spec(config: dict) -> ScorerSpec:
     return ScorerSpec(model=s["model"], pretrained=s["pretrained"], device=s["device"], precision=s["precision"])
 
 
-class ShardToClipBatches(beam.DoFn):
-    """(shard index, path) -> ClipBatches of the shard's decodable samples (MAIN), rows for the rest.
+def checkpoint_settings(cfg: dict) -> dict:
+    """What decides an input shard's scores and unscored rows: a checkpointed shard is reused only
+    under the same values (curate.resume)."""
+    return {**dataclasses.asdict(scorer_spec(cfg)), "batch_size": cfg["scorer.batch_size"],
+            "max_image_pixels": cfg["filters.max_image_pixels"], "detect_language": cfg["select.detect_language"]}
+
+
+class ScoreShards(beam.DoFn):
+    """(shard index, path) -> the shard's scored Samples (MAIN), and (DECISIONS) rows for what could
+    not be scored and the shard's InputCount.
+
+    Each input shard is scored once per run settings: one process() call reads, decodes and scores
+    the whole shard, checkpoints it (curate.resume) and only then emits it, so no shuffle stands
+    between the model and the checkpoint and a crash costs only the shards in flight. A shard the
+    checkpoint already holds comes back from its stored part, with no read, decode or model call;
+    the model is loaded (one per worker process) on the first shard that needs it.
 
     A batch holds ``batch_size`` consecutive samples of one shard, the shard's last batch fewer. On
     CPU a score's last bits depend on the batch it is computed in; built inside one process() call,
@@ -44,17 +61,47 @@ class ShardToClipBatches(beam.DoFn):
     and every output behind them. Decoding and preprocessing run here, on CPU, before batching.
     """
 
-    def __init__(self, spec: ScorerSpec, batch_size: int, max_image_pixels: int, total_shards: int,
-                 detect_language: bool = True):
-        self._spec, self._n, self._max_pixels, self._total = spec, batch_size, max_image_pixels, total_shards
-        self._detect_language = detect_language
+    def __init__(self, cfg: dict, total_shards: int, checkpoint: ScoreCheckpoint, cpu_threads: int = 0):
+        self._spec, self._n = scorer_spec(cfg), cfg["scorer.batch_size"]
+        self._max_pixels, self._detect_language = cfg["filters.max_image_pixels"], cfg["select.detect_language"]
+        self._total, self._checkpoint = total_shards, checkpoint
+        # Looked up by module attribute: benchmarks/gpu_score.py puts a timestamping handler in its place.
+        self._handler = scoring.OpenClipModelHandler(self._spec, cpu_threads)
+        self._shared_model = shared.Shared()
 
     def setup(self):
-        self._preprocess = ClipPreprocessor(self._spec)
+        self._model = self._preprocess = None
 
     def process(self, element):
+        index, path = element
+        stored = self._checkpoint.load(index, path)
+        if stored is not None:
+            log.info("shard %d/%d %s: scored before the interruption; its stored scores are reused",
+                     index + 1, self._total, fs.basename(path))
+            yield from stored
+            return
+        scored, others = [], []
+        for tag, value in self._score(index, path):
+            (scored if tag == MAIN else others).append(value)
+        self._checkpoint.save(index, path, scored, others)
+        yield from ((MAIN, s) for s in scored)
+        yield from ((DECISIONS, o) for o in others)
+
+    def _score(self, index: int, path: str):
+        if self._model is None:
+            self._preprocess = ClipPreprocessor(self._spec)
+            self._model = self._shared_model.acquire(self._handler.load_model, tag=repr(self._spec))
+        for tag, value in self._batches(index, path):
+            if tag != MAIN:
+                yield tag, value
+                continue
+            for result in self._handler.run_inference([value], self._model):
+                yield from ((MAIN, s) for s in scored_samples(result.example, *result.inference))
+
+    def _batches(self, index: int, path: str):
+        """(MAIN, ClipBatch) per batch of the shard's decodable samples; (DECISIONS, row) for the rest."""
         batch = []
-        for tag, value in read_shard(*element, self._total):
+        for tag, value in read_shard(index, path, self._total):
             if tag != MAIN:
                 yield tag, value
                 continue
@@ -72,24 +119,22 @@ class ShardToClipBatches(beam.DoFn):
 
 
 class ScoreRawShards(beam.PTransform):
-    """Raw shards -> .samples (scored Samples) and .decisions (rows for what could not be scored)."""
+    """Raw shards -> .samples (scored Samples) and .decisions (rows for what could not be scored, and
+    each shard's InputCount); each shard's part is written to ``emb_dir`` as it is scored (a run that
+    keeps no embeddings passes none: they go to the checkpoint folder, removed when the run completes)."""
 
-    def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0):
+    def __init__(self, config: dict, shard_paths: list[str], cpu_threads: int = 0, emb_dir: str | None = None):
         super().__init__()
         self._cfg, self._paths, self._threads = config, shard_paths, cpu_threads
+        self._emb_dir = emb_dir or fs.join(resume.folder(config["output"]), "embeddings")
 
     def expand(self, pbegin):
-        cfg, spec = self._cfg, scorer_spec(self._cfg)
-        prepared = split(
-            pbegin
-            | "ListShards" >> beam.Create(list(enumerate(self._paths)))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadDecodePreprocess" >> beam.ParDo(ShardToClipBatches(
-                spec, cfg["scorer.batch_size"], cfg["filters.max_image_pixels"], len(self._paths),
-                detect_language=cfg["select.detect_language"])),
-            "ReadDecodePreprocess", "batches")
-        scored = prepared.batches | "ClipScore" >> ScoreWithClip(spec, self._threads)
-        return SimpleNamespace(samples=scored, decisions=prepared.decisions)
+        checkpoint = ScoreCheckpoint(self._cfg["output"], self._emb_dir, checkpoint_settings(self._cfg))
+        scored = (pbegin
+                  | "ListShards" >> beam.Create(list(enumerate(self._paths)))
+                  | "Spread" >> beam.Reshuffle()
+                  | "ScoreShards" >> beam.ParDo(ScoreShards(self._cfg, len(self._paths), checkpoint, self._threads)))
+        return split(scored, "ScoreShards", "samples")
 
 
 class Score(beam.PTransform):
@@ -99,12 +144,13 @@ class Score(beam.PTransform):
 
     def expand(self, pbegin):
         out = self._cfg["output"]
-        scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads)
-        embeddings = scored.samples | "WriteEmbeddings" >> WriteEmbeddings(fs.join(out, "embeddings"))
+        # The parts of OUT/embeddings are written as each shard is scored (ScoreShards).
+        scored = pbegin | "ScoreRawShards" >> ScoreRawShards(self._cfg, self._paths, self._threads,
+                                                             emb_dir=fs.join(out, "embeddings"))
         rows = scored.samples | "ScoredRows" >> beam.Map(lambda s: decision(s, True, "clip_score"))
         decisions = ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
                      | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
-        return done((embeddings, decisions))
+        return done((decisions,))
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:

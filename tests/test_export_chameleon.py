@@ -270,3 +270,40 @@ def test_export_to_a_remote_folder_writes_the_same_bytes(setup):
     finally:
         if memory.exists("/cham"):
             memory.rm("/cham", recursive=True)
+
+
+def test_a_resumed_export_tokenizes_only_the_shards_it_had_not_finished(setup, tmp_path, monkeypatch):
+    """Issue 15 item 5: a VQ encoder that fails on the second curated shard leaves the first one's tar,
+    Megatron part and marker; rerun into the same folder, the export encodes only the other shard
+    (VQ calls counted) and writes the bytes of an uninterrupted export, leaving no .parts behind."""
+    encode, calls, crash = vq.VQTokenizer.encode_images, [], True
+
+    class Crash(Exception):
+        """Not an encoder error, which the export records as a skipped sample and goes on."""
+
+    def counted(self, images, batch_size=32):
+        calls.append(len(images))
+        if crash and len(calls) > 3:   # 12 samples per shard, batch_size 5: 3 calls a shard
+            raise Crash("simulated crash")
+        return encode(self, images, batch_size)
+
+    monkeypatch.setattr(vq.VQTokenizer, "encode_images", counted)
+    out = str(tmp_path / "out")
+    with pytest.raises(Exception, match="simulated crash"):
+        _export(setup["shards"], setup["cfg"], out)
+    finished = [n[:-len(".json")] for n in sorted(os.listdir(os.path.join(out, ".parts"))) if n.endswith(".json")]
+    assert len(finished) == 1 and os.path.exists(os.path.join(out, f"{finished[0]}.tar"))
+    calls.clear()
+    crash = False
+    _export(setup["shards"], setup["cfg"], out)
+    assert calls == [5, 5, 2]   # the other shard only
+    names = sorted(os.listdir(setup["out"]))
+    assert sorted(os.listdir(out)) == names and ".parts" not in names
+    _, mismatch, errors = filecmp.cmpfiles(setup["out"], out, names, shallow=False)
+    assert not mismatch and not errors
+
+
+def test_precision_auto_is_fp32(setup):
+    """Issue 14 item 9: `chameleon.precision: auto` is fp32 whatever the device (the README says so)."""
+    tok = vq.VQTokenizer.from_pretrained(setup["cfg"]["chameleon.vq_model"], device="cpu", precision="auto")
+    assert tok.dtype == torch.float32 and {p.dtype for p in tok.model.parameters()} == {torch.float32}

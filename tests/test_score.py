@@ -151,3 +151,14 @@ def test_language_mode_applies_each_language_threshold(scored, tmp_path):
     assert not any(d["kept"] and d["language"] == "ru" for d in decisions)
     assert any(d["kept"] and d["language"] == "en" for d in decisions)
     assert all(d["clip_threshold"] == pytest.approx(0.6) for d in decisions if d["kept"])  # en and default: 0.6
+
+
+def test_a_stored_score_reads_back_as_the_score_decided_on():
+    """A resumed run takes scores from the float32 metadata column (curate.resume); for its decisions
+    to be the uninterrupted run's, stable(float32(stable(x))) must be stable(x) for every score:
+    checked for every 4-decimal value in [-1, 1] (cosines) and a margin beyond."""
+    from curate.records import stable
+
+    decided = [stable(k / 10_000) for k in range(-10_100, 10_101)]
+    stored = np.array(decided, dtype=np.float32)   # metadata's clip_score column
+    assert [stable(x) for x in stored.tolist()] == decided

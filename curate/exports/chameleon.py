@@ -18,7 +18,10 @@ curate.exports.packing for the token layout and the packing rule). Written to OU
                          counts, and the samples skipped (an image the VQ tokenizer rejected)
 
 Sequences of one curated shard are packed together, so the files do not depend on the number
-of workers; the Megatron files are the per-shard parts joined in shard order.
+of workers; the Megatron files are the per-shard parts joined in shard order. Each shard's tar and
+Megatron part are written atomically, then a marker (.parts/NNNNN.json: the curated shard's path
+and size, the settings, the counts and skipped samples); a resumed run reuses every shard whose
+marker matches, with no VQ call, and the markers go with the parts once joined.
 """
 from __future__ import annotations
 
@@ -40,11 +43,12 @@ from curate.exports.writing import (
     write_json,
 )
 from curate.io import write_tar
+from curate.resume import shard_size
 from curate.timing import timed
 
 log = logging.getLogger("curate")
 
-PARTS = ".parts"        # per-shard Megatron files, joined and removed at the end
+PARTS = ".parts"        # per-shard Megatron files and completion markers, joined and removed at the end
 MEGATRON_PREFIX = "chameleon"
 
 SCHEMA = CHAMELEON_SCHEMA  # curate/exports/formats.py
@@ -78,15 +82,17 @@ class _TokenizeAndPackShard(beam.DoFn):
         self._s, self._layout, self._out_dir = s, layout, out_dir
 
     def setup(self):
-        from curate.models.vq import VQTokenizer
-        # One model and tokenizer per worker process, loaded once.
+        # One model and tokenizer per worker process, loaded once (the model when a shard needs it).
         self._text = load_text_tokenizer(self._s["tokenizer"])
-        self._vq = VQTokenizer.from_pretrained(self._s["vq_model"], self._s["device"], self._s["precision"],
-                                               self._s["resolution"])
+        self._vq = None
 
     def _encode(self, images: list, keys: list[str], skipped: list[dict]) -> list:
         """Code grids for a batch; when the batch fails, image by image, so one image the
         processor or encoder rejects is skipped (and recorded) instead of ending the run."""
+        if self._vq is None:
+            from curate.models.vq import VQTokenizer
+            self._vq = VQTokenizer.from_pretrained(self._s["vq_model"], self._s["device"], self._s["precision"],
+                                                   self._s["resolution"])
         try:
             return self._vq.encode_images(images, self._s["batch_size"])
         except (ValueError, RuntimeError):
@@ -116,8 +122,27 @@ class _TokenizeAndPackShard(beam.DoFn):
                 first = packing.image_first(sample.key, self._s["image_first_ratio"], self._s["seed"])
                 yield sample.key, packing.build_document(ids, grid, self._layout, first), first, grid.shape
 
+    def _marker(self, name: str) -> str:
+        return fs.join(self._out_dir, PARTS, f"{name}.json")
+
+    def _finished(self, path: str, name: str) -> tuple | None:
+        """What an interrupted run of the same settings recorded for this shard, once its tar and
+        Megatron part were written (the marker comes last), or None: tokenize it."""
+        marker = self._marker(name)
+        if not fs.exists(marker):
+            return None
+        done = json.loads(fs.read_bytes(marker))
+        if (done["source"], done["bytes"], done["settings"]) != (path, shard_size(path), self._s):
+            return None
+        return f"{name}.tar", done["sequences"], done["documents"], done["skipped"]
+
     def process(self, path):
         name = shard_name(path)
+        finished = self._finished(path, name)
+        if finished is not None:
+            log.info("chameleon export: %s was tokenized before the interruption; reused", finished[0])
+            yield finished
+            return
         docs, grids, skipped = [], {}, []
         for key, ids, first, grid in self._documents(path, skipped):
             docs.append((key, ids, first))
@@ -133,8 +158,12 @@ class _TokenizeAndPackShard(beam.DoFn):
             write_tar(fs.join(self._out_dir, f"{name}.tar"),
                       [(f"{name}_{i:06d}", packing.sample_members(seq, dtype)) for i, seq in enumerate(sequences)])
             packing.write_indexed(fs.join(self._out_dir, PARTS, name), sequences, dtype)
+        skipped = [{**row, "shard": f"{name}.tar"} for row in skipped]
+        # Last: a resumed run takes a shard with a marker as done (see _finished).
+        write_json(self._marker(name), {"source": path, "bytes": shard_size(path), "settings": self._s,
+                                        "sequences": len(sequences), "documents": len(docs), "skipped": skipped})
         progress(self._out_dir, f"{name}.tar", len(docs))
-        yield f"{name}.tar", len(sequences), len(docs), [{**row, "shard": f"{name}.tar"} for row in skipped]
+        yield f"{name}.tar", len(sequences), len(docs), skipped
 
 
 class _JoinMegatronParts(beam.DoFn):
@@ -153,7 +182,7 @@ class _JoinMegatronParts(beam.DoFn):
         fs.makedirs(self._out_dir)
         packing.merge_indexed(prefix, [fs.join(parts_dir, n) for n in names], dtype)
         for n in names:
-            for ext in (".bin", ".idx"):
+            for ext in (".json", ".bin", ".idx"):  # the marker first: a marker always has its part
                 fs.remove(fs.join(parts_dir, n + ext))
         if fs.isdir(parts_dir) and not fs.glob(fs.join(parts_dir, "*")):
             fs.remove(parts_dir)
