@@ -12,14 +12,21 @@ READ, DECODE, BASIC_FILTER, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP,
     "semdedup", "write")
 
 
-# Scores and similarities are kept to 4 decimals: the last bits of a float32 cosine change with the
-# batch it was computed in and the number of CPU threads, and decisions must not. 1e-4 is far below
-# any threshold's step.
+# Scores and similarities are kept to 4 decimals, which makes them short to store and a small grid
+# (select.fraction_cut counts at most 20,001 scores). Rounding does NOT make a score independent of
+# the batch it was computed in: the last bits of a float32 cosine change with the batch and the
+# thread count, and adjacent float32 values can round apart (0.96004999 -> 0.96, 0.96005005 -> 0.9601).
+# What holds: decisions are a deterministic function of the stored scores and the config; a stored
+# score reads back as the same number; a score is reproducible for a fixed batch plan, thread count,
+# hardware and library versions, and the batch plan is fixed (pipelines/score.py batches each input
+# shard alone, in input order, whatever the worker count). Byte-identical output across worker
+# counts and runners is tested on this machine, not proven for other hardware or thread counts.
+# tests/test_select.py checks the rounding boundary.
 SCORE_DECIMALS = 4
 
 
 def stable(value: float) -> float:
-    """A score or similarity as stored and compared everywhere."""
+    """A score or similarity as stored and compared everywhere (``SCORE_DECIMALS``)."""
     return round(float(value), SCORE_DECIMALS)
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 
 import apache_beam as beam
 import pyarrow as pa
 
 from curate import fs
+from curate.gather import GatherSmall
 from curate.io import format_ext, sample_json, write_bytes, write_parquet, write_tar
 from curate.outputs import DECISIONS, MAIN, split
 from curate.raw_shards import read_members
 from curate.records import UNIQUE_KEYS, WRITE, Sample, decision
-from curate.timing import add_time
+from curate.timing import timed
 
 log = logging.getLogger("curate")
 
@@ -58,20 +58,51 @@ class UniqueKeys(beam.PTransform):
                      | "KeepFirst" >> beam.ParDo(_KeepFirstOfKey()), "KeepFirst", "unique")
 
 
-class PlanShards(beam.DoFn):
-    """All kept samples (unique keys) -> (output shard id, samples) in input order,
-    samples_per_shard each; also each kept sample's final decision."""
+def plan_shards(orders: list[tuple[int, int]], samples_per_shard: int) -> list[list[tuple[int, int]]]:
+    """The curated layout, as a rule: the kept samples' input positions in input order, cut into
+    consecutive shards of ``samples_per_shard`` (the last may hold fewer); shard i is NNNNN = i.
 
-    def __init__(self, samples_per_shard: int):
-        self._n = samples_per_shard
+    ``WriteCuratedShards`` reaches the same layout without bringing the samples together
+    (``input_shard_offsets``, ``output_shard``); tests compare the two.
+    """
+    ordered = sorted(orders)
+    return [ordered[start:start + samples_per_shard] for start in range(0, len(ordered), samples_per_shard)]
+
+
+def input_shard_offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
+    """(input shard index, kept samples in it) pairs -> {input shard index: global position of its
+    first kept sample}: prefix sums in input shard order, since input order sorts by shard first."""
+    offsets, total = {}, 0
+    for shard_index, count in sorted(counts):
+        offsets[shard_index] = total
+        total += count
+    return offsets
+
+
+def output_shard(position: int, samples_per_shard: int) -> int:
+    """The output shard of the kept sample at global ``position`` (0-based, input order)."""
+    return position // samples_per_shard
+
+
+COUNTS = "counts"
+
+
+class _RankInInputShard(beam.DoFn):
+    """(input shard index, its kept samples) -> (rank in input order, sample) per sample (main),
+    the shard's count (tag 'counts'), and each sample's final decision (tag 'decisions')."""
 
     def process(self, element):
-        _, samples = element
+        shard_index, samples = element
         samples = sorted(samples, key=lambda s: s.order)
-        for start in range(0, len(samples), self._n):
-            yield MAIN, (start // self._n, samples[start:start + self._n])
-        for s in samples:
+        yield COUNTS, (shard_index, len(samples))
+        for rank, s in enumerate(samples):
+            yield MAIN, (rank, s)
             yield DECISIONS, decision(s, True, WRITE)
+
+
+def _to_output_shard(ranked, offsets: dict[int, int], samples_per_shard: int):
+    rank, sample = ranked
+    return output_shard(offsets[sample.shard_index] + rank, samples_per_shard), sample
 
 
 TRAINER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
@@ -101,7 +132,12 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         shard_id, samples = element
-        t0 = time.perf_counter()
+        with timed(WRITE):
+            name = self._write(shard_id, samples)
+        log.info("wrote shard %s.tar: %d samples", name, len(samples))
+        yield f"{name}.tar", len(samples)
+
+    def _write(self, shard_id: int, samples: list[Sample]) -> str:
         wanted: dict[str, dict[int, Sample]] = {}
         for s in samples:
             wanted.setdefault(s.shard_path, {})[s.member_index] = s
@@ -126,18 +162,14 @@ class WriteShardFn(beam.DoFn):
         fs.makedirs(self._out_dir)
         write_tar(fs.join(self._out_dir, f"{name}.tar"), members)
         write_parquet(fs.join(self._out_dir, f"{name}.parquet"), pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
-        add_time(WRITE, time.perf_counter() - t0)
-        log.info("wrote shard %s.tar: %d samples", name, len(samples))
-        yield f"{name}.tar", len(samples)
-
+        return name
 
 
 class _WriteSizes(beam.DoFn):
     def __init__(self, out_dir: str):
         self._out_dir = out_dir
 
-    def process(self, element):
-        _, sizes = element
+    def process(self, sizes):
         write_sizes(self._out_dir, dict(sizes))
         yield len(sizes)
 
@@ -149,7 +181,14 @@ def write_sizes(out_dir: str, sizes: dict[str, int]) -> None:
 
 
 class WriteCuratedShards(beam.PTransform):
-    """Kept samples -> OUT/shards/{NNNNN.tar, NNNNN.parquet, sizes.json}; decisions under tag 'decisions'."""
+    """Kept samples -> OUT/shards/{NNNNN.tar, NNNNN.parquet, sizes.json}; decisions under tag 'decisions'.
+
+    The layout of ``plan_shards`` without a global gather of samples: the kept samples of each input
+    shard meet (bounded by an input shard) to be ranked in input order; only their counts, one pair
+    per input shard, meet on one worker to become prefix-sum offsets (a side input); each sample's
+    global position (offset + rank) names its output shard, and the samples of one output shard meet
+    to be written. sizes.json gathers one (name, count) pair per output shard.
+    """
 
     def __init__(self, out_dir: str, samples_per_shard: int):
         super().__init__()
@@ -157,17 +196,21 @@ class WriteCuratedShards(beam.PTransform):
         self._n = samples_per_shard
 
     def expand(self, kept):
-        plans = split(
+        ranked = split(
             kept
-            | "All" >> beam.Map(lambda s: (0, s))
-            | "Gather" >> beam.GroupByKey()
-            | "Plan" >> beam.ParDo(PlanShards(self._n)), "Plan", "shards")
+            | "ByInputShard" >> beam.Map(lambda s: (s.shard_index, s))
+            | "GroupInputShard" >> beam.GroupByKey()
+            | "Rank" >> beam.ParDo(_RankInInputShard()), "Rank", "samples", DECISIONS, COUNTS)
+        offsets = beam.pvalue.AsSingleton(
+            ranked.counts | "GatherCounts" >> GatherSmall() | "Offsets" >> beam.Map(input_shard_offsets),
+            default_value={})
         sizes = (
-            plans.shards
-            | "Spread" >> beam.Reshuffle()
+            ranked.samples
+            | "ToOutputShard" >> beam.Map(_to_output_shard, offsets, self._n)
+            | "GroupOutputShard" >> beam.GroupByKey()
+            | "InOrder" >> beam.MapTuple(lambda shard_id, samples: (shard_id, sorted(samples, key=lambda s: s.order)))
             | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir))
-            | "AllSizes" >> beam.Map(lambda kv: (0, kv))
-            | "GatherSizes" >> beam.GroupByKey()
+            | "GatherSizes" >> GatherSmall()
             | "WriteSizes" >> beam.ParDo(_WriteSizes(self._out_dir))
         )
-        return {"decisions": plans.decisions, "sizes": sizes}
+        return {"decisions": ranked.decisions, "sizes": sizes}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from curate.filters.basic import low_clip_score
 
@@ -56,9 +58,62 @@ def top_fraction(samples: list[Sample], fraction: float) -> tuple[list[Sample], 
     """DataComp's CLIP-score top fraction: keep the ceil(fraction * n) best-scoring samples.
 
     Ties are broken by key, then input position, so the cut never depends on arrival order.
-    Returns (kept, dropped, the lowest kept score).
+    Returns (kept, dropped, the lowest kept score). This is the rule, on a list in memory; the
+    pipeline reaches the same result without gathering samples (``fraction_cut``, ``in_top_fraction``).
     """
     ranked = sorted(samples, key=lambda s: (-s.clip_score, s.key, s.order))
     n = math.ceil(fraction * len(ranked))
     kept, dropped = ranked[:n], ranked[n:]
     return kept, dropped, (kept[-1].clip_score if kept else None)
+
+
+@dataclass(frozen=True)
+class FractionCut:
+    """Where ``top_fraction`` cuts, known without the samples: every score above ``score`` is kept,
+    every score below it dropped, and of the ``at_score`` samples scoring exactly ``score`` the
+    first ``keep_at_score`` by (key, input order). ``score`` is None when nothing is kept."""
+    score: float | None
+    keep_at_score: int = 0
+    at_score: int = 0
+
+    @property
+    def splits_ties(self) -> bool:
+        """Only some of the samples at the cut score are kept: their keys decide which."""
+        return self.keep_at_score < self.at_score
+
+
+def fraction_cut(histogram: Iterable[tuple[float, int]], fraction: float) -> FractionCut:
+    """The cut of ``top_fraction`` from (score, count) pairs alone (a score may come more than once;
+    its counts add up): keep n = ceil(fraction * N) of the N samples, the best scores first.
+
+    Scores are stored to 4 decimals (records.stable), so the histogram has at most 20,001 distinct
+    scores in [-1, 1] whatever N is; it is exact, not a quantile estimate.
+    """
+    counts: dict[float, int] = {}
+    for score, count in histogram:
+        counts[score] = counts.get(score, 0) + count
+    total = sum(counts.values())
+    n = min(math.ceil(fraction * total), total)
+    above = 0
+    for score in sorted(counts, reverse=True):
+        if above + counts[score] >= n > 0:
+            return FractionCut(score, n - above, counts[score])
+        above += counts[score]
+    return FractionCut(None)
+
+
+def last_kept_tie(ties: list[tuple[str, tuple[int, int]]], cut: FractionCut) -> tuple[str, tuple[int, int]]:
+    """Of the (key, input order) of every sample scoring exactly the cut score, the greatest one kept:
+    ``top_fraction`` keeps ties in (key, input order) order. Each sample counts once, however often
+    a runner delivered it (input orders are unique)."""
+    return sorted(set(ties))[cut.keep_at_score - 1]
+
+
+def in_top_fraction(sample: Sample, cut: FractionCut, last_tie: tuple[str, tuple[int, int]] | None = None) -> bool | None:
+    """Whether ``top_fraction`` keeps ``sample``, given the cut; None for a sample tied at the cut
+    score when only some ties are kept and ``last_tie`` (``last_kept_tie``) is not given yet."""
+    if cut.score is None or sample.clip_score != cut.score:
+        return cut.score is not None and sample.clip_score > cut.score
+    if not cut.splits_ties:
+        return True
+    return None if last_tie is None else (sample.key, sample.order) <= last_tie

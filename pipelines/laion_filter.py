@@ -9,6 +9,8 @@ decisions table.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from types import SimpleNamespace
 
 import apache_beam as beam
 from curate.filters import decontaminate, select
@@ -20,10 +22,11 @@ from curate.pipelines.specs import PIPELINES
 from curate import fs
 from curate.config import ConfigError, section
 from curate.decisions import WriteDecisions
-from curate.embeddings import ReadStoredScores, WriteEmbeddings, stored_hashes
+from curate.embeddings import ReadStoredScores, stored_hashes
+from curate.gather import GatherSmall
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.raw_shards import list_input_shards
-from curate.records import BASIC_FILTER, CLIP_SCORE, decision
+from curate.records import BASIC_FILTER, CLIP_SCORE, Sample, decision
 from curate.scoring import cpu_threads_per_worker
 from curate.shards import UniqueKeys, WriteCuratedShards
 
@@ -83,17 +86,70 @@ class ThresholdFn(beam.DoFn):
             yield MAIN, dataclasses.replace(sample, clip_threshold=threshold)
 
 
+TIED = "tied"
+
+
 class TopFractionFn(beam.DoFn):
+    """A scored sample against the top-fraction cut (side inputs, ``select.in_top_fraction``): kept
+    (main, a copy that carries the cut score as its ``clip_threshold``) or dropped (a decision row);
+    a sample tied at the cut score while ``last_tie`` is not known yet goes on under tag 'tied'."""
+
+    def process(self, sample, cut, last_tie=None):
+        keep = select.in_top_fraction(sample, cut, last_tie)
+        if keep is None:
+            yield TIED, sample
+        elif keep:
+            yield MAIN, dataclasses.replace(sample, clip_threshold=cut.score)
+        else:
+            yield DECISIONS, decision(sample, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cut.score)
+
+
+def _tie_key(sample: Sample, cut: select.FractionCut):
+    """(key, input order) of a sample tied at the cut score when only some ties are kept."""
+    if select.in_top_fraction(sample, cut) is None:
+        yield sample.key, sample.order
+
+
+class TopFraction(beam.PTransform):
+    """DataComp's top fraction (``select.top_fraction``) without gathering samples or scores.
+
+    What meets on one worker: the score histogram (one (score, count) pair per distinct score;
+    scores are stored to 4 decimals, so at most 20,001 pairs however large the corpus), and, only
+    when the cut falls inside a run of equal scores, the (key, input order) of the samples scoring
+    exactly the cut score (grows with the number of such ties, not with the corpus). Every sample is
+    decided where it is, against the cut as a side input. Returns passed (main) and 'decisions'.
+    """
+
     def __init__(self, fraction: float):
+        super().__init__()
         self._fraction = fraction
 
-    def process(self, element):
-        _, samples = element
-        kept, dropped, cutoff = select.top_fraction(list(samples), self._fraction)
-        for s in kept:
-            yield MAIN, dataclasses.replace(s, clip_threshold=cutoff)
-        for s in dropped:
-            yield DECISIONS, decision(s, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoff)
+    def expand(self, samples):
+        # counted per input shard first, then per score: no group grows past an input shard's
+        # samples or the number of input shards, however skewed the scores are. A sample counts once
+        # by its input position: Beam 2.77's DaskRunner delivered some samples twice to this branch
+        # (tests/test_runners.py runs fraction mode there), which moved the cut.
+        histogram = (samples
+                     | "ScoreByInputShard" >> beam.Map(lambda s: (s.shard_index, (s.member_index, s.clip_score)))
+                     | "GroupInputShard" >> beam.GroupByKey()
+                     | "CountInShard" >> beam.FlatMapTuple(lambda _, scores: Counter(dict(scores).values()).items())
+                     | "GroupScore" >> beam.GroupByKey()
+                     | "Count" >> beam.MapTuple(lambda score, counts: (score, sum(counts)))
+                     | "GatherHistogram" >> GatherSmall())
+        cut = beam.pvalue.AsSingleton(histogram | "Cut" >> beam.Map(select.fraction_cut, self._fraction),
+                                      default_value=select.FractionCut(None))
+        first = split(samples | "AboveOrBelow" >> beam.ParDo(TopFractionFn(), cut),
+                      "AboveOrBelow", "passed", DECISIONS, TIED)
+        # tie keys come from the samples, not from 'tied': on Beam 2.77's DaskRunner a side input
+        # built from the same ParDo as its main input (AboveOrBelow) held every tie twice
+        last_tie = beam.pvalue.AsSingleton(
+            samples
+            | "TieKeys" >> beam.FlatMap(_tie_key, cut)
+            | "GatherTies" >> GatherSmall()
+            | "LastKeptTie" >> beam.Map(select.last_kept_tie, cut), default_value=None)
+        ties = split(first.tied | "BreakTies" >> beam.ParDo(TopFractionFn(), cut, last_tie), "BreakTies", "passed")
+        return SimpleNamespace(passed=(first.passed, ties.passed) | "Passed" >> beam.Flatten(),
+                               decisions=(first.decisions, ties.decisions) | "Decisions" >> beam.Flatten())
 
 
 class SelectByScore(beam.PTransform):
@@ -106,13 +162,23 @@ class SelectByScore(beam.PTransform):
     def expand(self, samples):
         cfg, mode = self._cfg, self._cfg["select.mode"]
         if mode == "fraction":
-            return split(samples
-                         | "All" >> beam.Map(lambda s: (0, s))
-                         | "GatherScores" >> beam.GroupByKey()
-                         | "TopFraction" >> beam.ParDo(TopFractionFn(cfg["select.fraction"])), "TopFraction", "passed")
+            return samples | "TopFraction" >> TopFraction(cfg["select.fraction"])
         by_language = cfg["select.language_thresholds"] if mode == "language" else None
         return split(samples | "Threshold" >> beam.ParDo(ThresholdFn(
             cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])), "Threshold", "passed")
+
+
+def drop_text_embedding(sample: Sample) -> Sample:
+    """A copy without the text embedding: it served the CLIP score only, and was stored with it
+    (OUT/embeddings or the resume checkpoint); every later step reads the image embedding alone."""
+    return dataclasses.replace(sample, text_embedding=None)
+
+
+def drop_embeddings(sample: Sample) -> Sample:
+    """A copy without image and text embeddings: after deduplication nothing reads them (the
+    shard writer takes metadata; the embeddings were stored when scored), and at 512 dimensions
+    they are about 4 KB of the sample's bytes in every later shuffle."""
+    return dataclasses.replace(sample, image_embedding=None, text_embedding=None)
 
 
 class LaionFilter(beam.PTransform):
@@ -130,17 +196,19 @@ class LaionFilter(beam.PTransform):
         if cfg["scores"]:
             scored = pbegin | "ReadStoredScores" >> ReadStoredScores(cfg["scores"])
         else:
-            scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(cfg, self._paths, self._cpu_threads)
-            if cfg["save_embeddings"]:
-                writes.append(scored.samples | "SaveEmbeddings" >> WriteEmbeddings(fs.join(out, "embeddings")))
-        filtered = split(scored.samples | "BasicFilters" >> beam.ParDo(
+            # Writes each shard's embeddings as it is scored: OUT/embeddings, or the checkpoint folder.
+            scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(
+                cfg, self._paths, self._cpu_threads, emb_dir=fs.join(out, "embeddings") if cfg["save_embeddings"] else None)
+        samples = scored.samples | "DropTextEmbeddings" >> beam.Map(drop_text_embedding)
+        filtered = split(samples | "BasicFilters" >> beam.ParDo(
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
         selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
         decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
         unique = decontaminated.clean | "UniqueKeys" >> UniqueKeys()
         deduped = unique.unique | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
-        written = deduped["kept"] | "WriteCuratedShards" >> WriteCuratedShards(
+        slim = deduped["kept"] | "DropEmbeddings" >> beam.Map(drop_embeddings)
+        written = slim | "WriteCuratedShards" >> WriteCuratedShards(
             fs.join(out, "shards"), cfg["shards.samples_per_shard"])
         all_decisions = [scored.decisions, filtered.decisions, selected.decisions, decontaminated.decisions,
                          unique.decisions, deduped["decisions"],

@@ -131,9 +131,13 @@ def test_ground_truth_recovered(result):
 
 
 def _assert_same_outputs(out, other):
-    for sub in ("shards", "decisions"):
-        names = sorted(os.listdir(os.path.join(out, sub)))
-        assert names == sorted(os.listdir(os.path.join(other, sub)))
+    """Curated shards, decisions and stored embeddings (the scorer's output) byte for byte."""
+    def tree(root):
+        return sorted(os.path.relpath(os.path.join(d, n), root) for d, _s, names in os.walk(root) for n in names)
+
+    for sub in ("shards", "decisions", "embeddings"):
+        names = tree(os.path.join(out, sub))
+        assert names and names == tree(os.path.join(other, sub)), sub
         for name in names:
             a = open(os.path.join(out, sub, name), "rb").read()
             assert a == open(os.path.join(other, sub, name), "rb").read(), f"{sub}/{name}"
@@ -173,6 +177,7 @@ def test_decision_rows_record_the_threshold_that_applied_and_the_counted_caption
 
 
 def test_selection_passes_a_copy_that_carries_its_threshold():
+    from curate.filters.select import fraction_cut
     from curate.pipelines.laion_filter import ThresholdFn, TopFractionFn
 
     from curate.records import Sample, decision
@@ -184,7 +189,8 @@ def test_selection_passes_a_copy_that_carries_its_threshold():
     [(_, by_language)] = list(ThresholdFn(0.9, {"en": 0.2, "default": 0.4}).process(sample))
     assert by_language.clip_threshold == 0.2
     other = Sample(key="b", shard_index=0, shard_path="s.tar", member_index=1, caption="x", clip_score=0.1)
-    (tag, top), (_, dropped_row) = TopFractionFn(0.5).process((0, [sample, other]))
+    cut = fraction_cut([(sample.clip_score, 1), (other.clip_score, 1)], 0.5)
+    [(tag, top)], [(_, dropped_row)] = TopFractionFn().process(sample, cut), TopFractionFn().process(other, cut)
     assert tag == "main" and top.clip_threshold == dropped_row["clip_threshold"] == 0.5
     assert decision(top, True, "write")["clip_threshold"] == 0.5
     assert decision(sample, True, "write")["caption_chars"] == len("a red circle")
