@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import faiss
@@ -45,7 +45,7 @@ def keep_rank(sample: Sample) -> tuple:
     return (-score, sample.key, sample.order)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Duplicate:
     sample: Sample
     kept: Sample
@@ -54,6 +54,18 @@ class Duplicate:
     reason: str = EXACT_DUPLICATE
     stage: str = "exact_dedup"
     distance: int | None = None       # perceptual-hash distance to ``kept``
+
+
+def as_follower(d: Duplicate) -> Duplicate:
+    """``d`` as it travels on after its step: what its decision row and ``follow`` still read.
+
+    The decision row reads metadata only; ``follow`` measures the dropped sample against the
+    sample it comes to name, so the dropped sample keeps its image embedding and hash (its text
+    embedding goes), and the kept sample it names keeps neither embedding (only its key and position
+    are read again; ``follow`` measures against the ``kept`` of the NEW duplicate, which is whole).
+    """
+    return replace(d, sample=replace(d.sample, text_embedding=None),
+                   kept=replace(d.kept, image_embedding=None, text_embedding=None))
 
 
 def exact_duplicates(group: list[Sample], label: str | None = None, reason: str = EXACT_DUPLICATE,
@@ -135,6 +147,21 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected-component label of each of ``n`` items given undirected edges (i, j)."""
     graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def group_ids(pairs) -> dict:
+    """node -> its group id, the smallest node of its connected component, for every node of
+    ``pairs`` (undirected edges between comparable nodes, e.g. input positions). All edges in one
+    process: the reference for the distributed ``pipelines.components.ConnectedComponents``."""
+    pairs = sorted(set(pairs))
+    nodes = sorted({p for pair in pairs for p in pair})
+    index = {p: i for i, p in enumerate(nodes)}
+    labels = components(len(nodes), np.array([index[a] for a, _ in pairs], dtype=np.int64),
+                        np.array([index[b] for _, b in pairs], dtype=np.int64))
+    first = {}
+    for p, label in zip(nodes, labels.tolist(), strict=True):
+        first.setdefault(label, p)  # nodes are sorted: the first seen is the earliest
+    return {p: first[label] for p, label in zip(nodes, labels.tolist(), strict=True)}
 
 
 # --- near duplicates: clustered search for large corpora --------------------------------------

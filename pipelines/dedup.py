@@ -3,31 +3,37 @@
 No worker holds every embedding (above ``near_flat_max`` samples): a first pass trains k-means
 centroids on a hashed sample of the embeddings, a second keys each embedding by its nearest
 centroid (and by the next one when it lies near that border), groups by cluster and searches pairs
-exactly within each group. Only the pairs (two input positions each) meet on one worker, to be
-joined into connected components; the members of each group then meet by group.
+exactly within each group. The pairs (two input positions each) are joined into connected
+components by ``pipelines.components.ConnectedComponents``, keyed by node round after round, so no
+worker gathers them; the members of each group then meet by group.
 
 Near duplicates are resolved per connected group by the greedy keep rule (``dedup.resolve_group``):
 the group's members meet its pairs, so the rule sees exactly the pairs the search found.
 
-Elements between the steps are entries ``(sample, followers)``: a sample still in the running and
-the duplicates dropped in its favour so far. When a sample is dropped at a later step, its
-followers move to the sample kept in its place (``dedup.follow``), so every dropped row names a
-sample in the output, whatever step dropped it. Decisions are written once, at the end.
+Elements between the steps are ``Entry``s: a sample still in the running and the duplicates dropped
+in its favour so far. When a sample is dropped at a later step, its followers move to the sample
+kept in its place (``dedup.follow``), so every dropped row names a sample in the output, whatever
+step dropped it. Followers travel slimmed (``dedup.as_follower``). Decisions are written once, at
+the end.
+
+What still meets on one worker, and how it grows: README "Scaling out" -> "What meets on one worker".
 """
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
 from curate.filters import decontaminate, dedup, phash, semdedup
+from curate.pipelines.components import ConnectedComponents
 
+from curate import fs
 from curate.config import ConfigError
+from curate.gather import GatherSmall
 from curate.outputs import DECISIONS, MAIN, split
-from curate.records import NEAR_DEDUP, decision
+from curate.records import NEAR_DEDUP, Sample, decision
 from curate.timing import timed
 
 log = logging.getLogger("curate")
@@ -79,25 +85,33 @@ def duplicate_decision(d: dedup.Duplicate) -> dict:
                     kept_instead=d.kept.key, dup_similarity=d.similarity, dup_hash_distance=d.distance)
 
 
-def absorb(kept_entry, dropped: list[tuple[dedup.Duplicate, list[dedup.Duplicate]]]):
-    """The kept entry takes each dropped sample (as a Duplicate) and that sample's followers."""
-    sample, followers = kept_entry
-    followers = list(followers)
+@dataclass(frozen=True)
+class Entry:
+    """What travels between the dedup steps: a sample still in the running (whole: later steps
+    read its embeddings) and the duplicates dropped in its favour so far (slimmed followers)."""
+    sample: Sample
+    followers: tuple[dedup.Duplicate, ...] = field(default=(), repr=False)
+
+
+def absorb(kept_entry: Entry, dropped: list[tuple[dedup.Duplicate, tuple[dedup.Duplicate, ...]]]) -> Entry:
+    """The kept entry takes each dropped sample (as a Duplicate) and that sample's followers, these
+    re-pointed at the kept sample (``dedup.follow``) and all of them slimmed (``dedup.as_follower``)."""
+    followers = list(kept_entry.followers)
     for d, its_followers in dropped:
-        followers.append(d)
-        followers.extend(dedup.follow(its_followers, d))
-    return sample, followers
+        followers.append(dedup.as_follower(d))
+        followers.extend(dedup.as_follower(f) for f in dedup.follow(its_followers, d))
+    return Entry(kept_entry.sample, tuple(followers))
 
 
-def kept_entries(entries, kept, dups: list[dedup.Duplicate]):
+def kept_entries(entries: list[Entry], kept, dups: list[dedup.Duplicate]):
     """A group's entries after a keep rule: one entry per kept sample, with the samples dropped in
     its favour (and their own followers) as its followers."""
-    followers_of = {e[0].order: e[1] for e in entries}
+    followers_of = {e.sample.order: e.followers for e in entries}
     by_kept: dict[tuple, list] = {}
     for d in dups:
         by_kept.setdefault(d.kept.order, []).append((d, followers_of[d.sample.order]))
     for s in kept:
-        yield absorb((s, followers_of[s.order]), by_kept.get(s.order, []))
+        yield absorb(Entry(s, followers_of[s.order]), by_kept.get(s.order, []))
 
 
 # --- exact ------------------------------------------------------------------------------------
@@ -112,10 +126,9 @@ class _KeepOneExact(beam.DoFn):
         if len(entries) == 1:
             yield entries[0]
             return
-        followers_of = {e[0].order: e[1] for e in entries}
         label = None if self._prefix == "sha256" else f"{self._prefix}:{key[1][:16]}"
-        kept, dups = dedup.exact_duplicates([e[0] for e in entries], label, self._reason)
-        yield absorb((kept, followers_of[kept.order]), [(d, followers_of[d.sample.order]) for d in dups])
+        kept, dups = dedup.exact_duplicates([e.sample for e in entries], label, self._reason)
+        yield from kept_entries(entries, [kept], dups)
 
 
 class ExactGroups(beam.PTransform):
@@ -129,8 +142,8 @@ class ExactGroups(beam.PTransform):
         key_fn = self._key_fn
 
         def keyed(entry):
-            k = key_fn(entry[0])
-            return (("k", k) if k is not None else ("o", entry[0].order)), entry
+            k = key_fn(entry.sample)
+            return (("k", k) if k is not None else ("o", entry.sample.order)), entry
 
         return (entries
                 | "ByKey" >> beam.Map(keyed)
@@ -140,10 +153,13 @@ class ExactGroups(beam.PTransform):
 
 # --- centroids (pass 1) -----------------------------------------------------------------------
 
-def _count(pcoll, label: str):
-    return (pcoll | f"{label}:One" >> beam.Map(lambda _: (0, 1))
-            | f"{label}:Gather" >> beam.GroupByKey()
-            | f"{label}:Sum" >> beam.Map(lambda kv: sum(kv[1])))
+def _count(entries, label: str):
+    """How many entries: counted per input shard, then only those counts (one per input shard) meet."""
+    return (entries | f"{label}:ByInputShard" >> beam.Map(lambda e: (e.sample.shard_index, 1))
+            | f"{label}:GroupInputShard" >> beam.GroupByKey()
+            | f"{label}:PerShard" >> beam.MapTuple(lambda _, ones: sum(ones))
+            | f"{label}:Gather" >> GatherSmall()
+            | f"{label}:Sum" >> beam.Map(sum))
 
 
 class _TrainingCandidate(beam.DoFn):
@@ -156,7 +172,7 @@ class _TrainingCandidate(beam.DoFn):
         k = dedup.cluster_count(n, self._flat_max)
         if k == 1:
             return
-        s = entry[0]
+        s = entry.sample
         vector = dedup.search_vector(s, self._space)
         rank = dedup.training_rank(s.key, s.order)
         if vector is not None and rank < 2**64 * min(1.0, 1.5 * k * dedup.TRAIN_PER_CENTROID / n):
@@ -216,7 +232,7 @@ class _ToClusters(beam.DoFn):
         self._rule, self._space, self._m, self._border = rule, space, m, border
 
     def process(self, entry, centroids):
-        s = entry[0]
+        s = entry.sample
         vector = dedup.search_vector(s, self._space)
         if vector is None:
             return
@@ -247,40 +263,24 @@ class _PairsInCluster(beam.DoFn):
                 sim, _ = dedup.measures(ma.embedding, None, mb.embedding, None)
                 if not self._rule.matches(sim, phash.distance_of_cosine(value)):
                     continue
-            yield 0, (ma.order, mb.order)
-
-
-class _Components(beam.DoFn):
-    """All pairs (positions only) -> (position, group id) for every sample in a pair (MAIN), and
-    (group id, pair) for every pair (tag 'pairs'), so that each group's members meet its pairs."""
-
-    def process(self, element):
-        _, pairs = element
-        pairs = sorted(set(pairs))
-        nodes = sorted({p for pair in pairs for p in pair})
-        index = {p: i for i, p in enumerate(nodes)}
-        labels = dedup.components(len(nodes), np.array([index[a] for a, _ in pairs]),
-                                  np.array([index[b] for _, b in pairs]))
-        first = {}
-        for p, label in zip(nodes, labels.tolist(), strict=True):
-            first.setdefault(label, p)  # nodes are sorted: the group id is its earliest position
-        log.info("near dedup: %d near-duplicate pairs join %d samples into %d groups", len(pairs), len(nodes), len(first))
-        group_of = {p: first[label] for p, label in zip(nodes, labels.tolist(), strict=True)}
-        for p in nodes:
-            yield MAIN, (p, group_of[p])
-        for a, b in pairs:
-            yield "pairs", (group_of[a], ("pair", (a, b)))
+            yield ma.order, mb.order
 
 
 class _Route(beam.DoFn):
+    """One position's entry, group id (if any) and the pairs that start at it -> the entry alone
+    (MAIN), or the entry and those pairs keyed by group id ('grouped'). A pair found in several
+    clusters or spaces arrives several times and leaves once."""
+
     def process(self, element):
         _, items = element
         group = next((v for tag, v in items if tag == "group"), None)
         entry = next(v for tag, v in items if tag == "entry")
         if group is None:
             yield MAIN, entry
-        else:
-            yield "grouped", (group, ("entry", entry))
+            return
+        yield "grouped", (group, ("entry", entry))
+        for pair in sorted({v for tag, v in items if tag == "pair"}):
+            yield "grouped", (group, ("pair", pair))
 
 
 class _KeepGreedy(beam.DoFn):
@@ -290,12 +290,12 @@ class _KeepGreedy(beam.DoFn):
         _, items = element
         entries = [v for tag, v in items if tag == "entry"]
         pairs = [v for tag, v in items if tag == "pair"]
-        kept, dups = dedup.resolve_group([e[0] for e in entries], pairs)
+        kept, dups = dedup.resolve_group([e.sample for e in entries], pairs)
         yield from kept_entries(entries, kept, dups)
 
 
 class NearPairs(beam.PTransform):
-    """Entries -> (0, (position, position)) for every pair the rule calls near duplicates, found by
+    """Entries -> (position, position) for every pair the rule calls near duplicates, found by
     an exact search within each cluster of ``space``."""
 
     def __init__(self, params: DedupParams, space: str, centroids):
@@ -319,19 +319,17 @@ class NearDuplicates(beam.PTransform):
         self._p, self._centroids = params, centroids_by_space
 
     def expand(self, entries):
-        pairs = [entries | f"Pairs:{space}" >> NearPairs(self._p, space, centroids)
-                 for space, centroids in self._centroids.items()]
-        groups = split(pairs
-                       | "AllPairs" >> beam.Flatten()
-                       | "GatherPairs" >> beam.GroupByKey()
-                       | "Components" >> beam.ParDo(_Components()), "Components", "groups", "pairs")
-        routed = split((entries | "ByPosition" >> beam.Map(lambda e: (e[0].order, ("entry", e))),
-                        groups.groups | "Tag" >> beam.Map(lambda pg: (pg[0], ("group", pg[1]))))
-                       | "EntriesAndGroups" >> beam.Flatten()
+        pairs = ([entries | f"Pairs:{space}" >> NearPairs(self._p, space, centroids)
+                  for space, centroids in self._centroids.items()]
+                 | "AllPairs" >> beam.Flatten())
+        groups = pairs | "Components" >> ConnectedComponents()
+        routed = split((entries | "ByPosition" >> beam.Map(lambda e: (e.sample.order, ("entry", e))),
+                        groups | "TagGroups" >> beam.Map(lambda pg: (pg[0], ("group", pg[1]))),
+                        pairs | "ByFirst" >> beam.Map(lambda ab: (ab[0], ("pair", ab))))
+                       | "EntriesGroupsPairs" >> beam.Flatten()
                        | "JoinGroups" >> beam.GroupByKey()
                        | "Route" >> beam.ParDo(_Route()), "Route", "alone", "grouped")
-        merged = ((routed.grouped, groups.pairs)
-                  | "MembersAndPairs" >> beam.Flatten()
+        merged = (routed.grouped
                   | "GroupMembers" >> beam.GroupByKey()
                   | "KeepGreedy" >> beam.ParDo(_KeepGreedy()))
         return (routed.alone, merged) | "AloneAndKept" >> beam.Flatten()
@@ -341,17 +339,17 @@ class NearDuplicates(beam.PTransform):
 
 class _ToNearestCluster(beam.DoFn):
     def process(self, entry, centroids):
-        c = _clusters(entry[0].image_embedding, centroids, 1, 0.0)[0]
+        c = _clusters(entry.sample.image_embedding, centroids, 1, 0.0)[0]
         yield c, entry
 
 
 def _cluster_members(element, centroids):
     cluster, entries = element
-    entries = sorted(entries, key=lambda e: e[0].order)
+    entries = sorted(entries, key=lambda e: e.sample.order)
     if centroids is not None:
         return entries, centroids[cluster]
     # one cluster (a small corpus): its centroid is the normalised mean, summed in input order
-    mean = np.sum([np.asarray(e[0].image_embedding, np.float32) for e in entries], axis=0)
+    mean = np.sum([np.asarray(e.sample.image_embedding, np.float32) for e in entries], axis=0)
     return entries, mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
@@ -361,12 +359,11 @@ class _KeptCounts(beam.DoFn):
 
     def process(self, element, centroids):
         entries, centroid = _cluster_members(element, centroids)
-        yield 0, (len(entries), semdedup.kept_counts([e[0] for e in entries], centroid, self._keep, self._seed))
+        yield len(entries), semdedup.kept_counts([e.sample for e in entries], centroid, self._keep, self._seed).tolist()
 
 
-def _choose_eps(element, target: float) -> float:
-    _, counts = element
-    counts = list(counts)
+def _choose_eps(counts: list, target: float) -> float:
+    """Per-cluster (members, kept count at each eps of the grid) -> the eps of the target fraction."""
     total = sum(n for n, _ in counts)
     return semdedup.choose_eps(np.sum([c for _, c in counts], axis=0), total, target)
 
@@ -378,7 +375,7 @@ class _SemDeDupCluster(beam.DoFn):
     def process(self, element, centroids, eps):
         entries, centroid = _cluster_members(element, centroids)
         with timed(semdedup.STAGE):
-            kept, dups = semdedup.semdedup_cluster([e[0] for e in entries], centroid, eps, self._keep, self._seed)
+            kept, dups = semdedup.semdedup_cluster([e.sample for e in entries], centroid, eps, self._keep, self._seed)
         yield from kept_entries(entries, kept, dups)
 
 
@@ -400,7 +397,7 @@ class SemDeDup(beam.PTransform):
         else:
             eps = (clusters
                    | "KeptCounts" >> beam.ParDo(_KeptCounts(p.semdedup_keep, p.semdedup_seed), centroids)
-                   | "GatherCounts" >> beam.GroupByKey()
+                   | "GatherCounts" >> GatherSmall()
                    | "ChooseEps" >> beam.Map(_choose_eps, p.semdedup_target))
         return clusters | "DeduplicateClusters" >> beam.ParDo(
             _SemDeDupCluster(p.semdedup_keep, p.semdedup_seed), centroids, beam.pvalue.AsSingleton(eps))
@@ -408,8 +405,8 @@ class SemDeDup(beam.PTransform):
 
 # --- the whole step -----------------------------------------------------------------------------
 
-def _decisions(entry):
-    return [duplicate_decision(d) for d in entry[1]]
+def _decisions(entry: Entry):
+    return [duplicate_decision(d) for d in entry.followers]
 
 
 class Deduplicate(beam.PTransform):
@@ -425,7 +422,7 @@ class Deduplicate(beam.PTransform):
 
     def expand(self, samples):
         p = self._p
-        entries = samples | "Entries" >> beam.Map(lambda s: (s, []))
+        entries = samples | "Entries" >> beam.Map(Entry)
         if p.exact:
             entries = entries | "ExactImage" >> ExactGroups(lambda s: s.sha256, dedup.EXACT_DUPLICATE, "sha256")
         if p.url_caption:
@@ -440,15 +437,15 @@ class Deduplicate(beam.PTransform):
                     p, {space: centroids[space] for space in p.near_rule.spaces()})
             if p.semdedup:
                 entries = entries | "SemDeDup" >> SemDeDup(p, centroids[dedup.CLIP])
-        return {"kept": entries | "KeptSamples" >> beam.Map(lambda e: e[0]),
+        return {"kept": entries | "KeptSamples" >> beam.Map(lambda e: e.sample),
                 "decisions": entries | "DuplicateDecisions" >> beam.FlatMap(_decisions)}
 
 
 # --- decontamination ----------------------------------------------------------------------------
 
 def embed_image_files(spec):
-    """files -> (n, d) L2-normalised image embeddings by the scorer, rounded through float16 as
-    the corpus's stored embeddings are."""
+    """files (local paths or fsspec URLs) -> (n, d) L2-normalised image embeddings by the scorer,
+    rounded through float16 as the corpus's stored embeddings are."""
     def embed(files):
         import torch
         from PIL import Image
@@ -460,7 +457,7 @@ def embed_image_files(spec):
         for a in range(0, len(files), 64):
             batch = []
             for f in files[a:a + 64]:
-                with Image.open(f) as im:
+                with fs.open(f, "rb") as data, Image.open(data) as im:
                     batch.append(transform(im.convert("RGB")))
             with torch.inference_mode():
                 emb = model.encode_image(torch.stack(batch).to(spec.resolved_device()), normalize=True)
@@ -499,7 +496,7 @@ class Decontaminate(beam.PTransform):
     def from_config(cls, cfg: dict) -> Decontaminate:
         from curate.pipelines import score
 
-        if cfg["decontaminate.eval_set"] is not None and not os.path.exists(cfg["decontaminate.eval_set"]):
+        if cfg["decontaminate.eval_set"] is not None and not fs.exists(cfg["decontaminate.eval_set"]):
             raise ConfigError(f"config error: decontaminate.eval_set {cfg['decontaminate.eval_set']!r} does not exist")
         return cls(cfg["decontaminate.eval_set"], cfg["decontaminate.threshold"], score.scorer_spec(cfg))
 

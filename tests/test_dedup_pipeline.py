@@ -149,8 +149,9 @@ def test_missing_eval_set_is_one_clear_error(scored, tmp_path):
 
 
 def test_clustered_dedup_and_semdedup_on_a_dask_cluster(scored, tmp_path):
-    """The two-pass steps (side inputs, joins by GroupByKey) on Beam's DaskRunner with two worker
-    processes decide as one process does: results do not depend on the runner or worker count."""
+    """The two-pass steps (side inputs, joins by GroupByKey, connected components in rounds) on Beam's
+    DaskRunner with two worker processes decide as one process does: results do not depend on the
+    runner or worker count. (Top fraction on Dask too: tests/test_runners.py, marked slow.)"""
     distributed = pytest.importorskip("distributed")
     sets = ("dedup.near_flat_max=20", "dedup.semdedup.enabled=true", "dedup.semdedup.target_fraction=0.8")
     select(scored, tmp_path / "direct", *sets)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
@@ -35,6 +36,7 @@ from curate.exports.writing import (
 from curate.filters import basic
 from curate.filters.image import decode_image
 from curate.filters.sample import clean_caption
+from curate.gather import GatherSmall
 from curate.io import (
     IMAGE_EXTS,
     TarReadError,
@@ -44,6 +46,8 @@ from curate.io import (
     sample_json,
     write_tar,
 )
+from curate.outputs import MAIN, split
+from curate.pipelines.components import ConnectedComponents
 from curate.timing import timed
 
 log = logging.getLogger("curate")
@@ -205,65 +209,243 @@ def _write_text_only(element, out_dir: str):
     yield f"{shard_id:05d}.tar", len(members)
 
 
-def _curated_index(shards_dir: str) -> tuple[set, set]:
-    """sha256s and captions of the curated samples (from the shards' parquet files)."""
-    shas, captions = set(), set()
-    for path in sorted(fs.glob(fs.join(shards_dir, "*.parquet"))):
-        t = read_parquet(path, columns=["sha256", "caption"]).to_pydict()
-        shas.update(t["sha256"])
-        captions.update(t["caption"])
-    return shas, captions
+# --- unimodal planning: per decisions file, per raw shard, per repeated image or caption ----------
+
+IMAGE_ONLY, TEXT_ONLY = "image_only", "text_only"
 
 
-class _PlanUnimodal(beam.DoFn):
-    """After the curated shards exist: laion_filter's decisions -> image-only and text-only shard plans.
+@dataclass(frozen=True)
+class Candidate:
+    """A sample laion_filter dropped, offered to a unimodal stream.
+
+    ``order`` is its place in the walk over the run's decisions (source shard, source index, then
+    decisions file and row for repeats); ``content`` is what must not repeat in the stream (the
+    image's sha256, the caption's text); ``item`` is what the stream's writer reads.
+    """
+    order: tuple
+    stream: str
+    key: str
+    content: object
+    item: tuple
+
+
+def first_of_repeats(candidates) -> list[Candidate]:
+    """The unimodal streams' rule: walk the candidates in ``order`` and take one unless a candidate
+    already taken for the same stream has its content (image bytes, exact caption) or its key, so
+    each stream holds every image or caption once, under the first of repeated keys. Candidates
+    whose content is curated are removed before the walk (``FirstOfRepeats``)."""
+    taken, contents, keys = [], set(), set()
+    for c in sorted(candidates, key=lambda c: c.order):
+        if (c.stream, c.content) in contents or (c.stream, c.key) in keys:
+            continue
+        contents.add((c.stream, c.content))
+        keys.add((c.stream, c.key))
+        taken.append(c)
+    return taken
+
+
+def _decision_candidates(path: str):
+    """One decisions file -> image-only candidates (MAIN) and, tagged 'text', the rows of samples
+    dropped for their image ((raw shard, (order, row))), whose captions are read from the raw shard."""
+    columns = ["key", "source_shard", "source_index", "kept", "reason", "sha256"]
+    for n, r in enumerate(read_parquet(path, columns=columns).to_pylist()):
+        if r["kept"] or r["source_index"] < 0:
+            continue
+        order = (r["source_shard"], r["source_index"], path, n)
+        if r["reason"] in IMAGE_ONLY_REASONS:
+            yield MAIN, Candidate(order, IMAGE_ONLY, r["key"], r["sha256"],
+                                  (r["source_shard"], r["source_index"], r["key"], r["reason"]))
+        elif r["reason"] in TEXT_ONLY_REASONS:
+            yield "text", (r["source_shard"], (order, r))
+
+
+class _TextCandidates(beam.DoFn):
+    """(raw shard, [(order, row)]) -> text-only candidates: captions that pass the run's caption rules."""
+
+    def __init__(self, run_dir: str):
+        self._run_dir, self._filters = run_dir, None
+
+    def process(self, element):
+        path, rows = element
+        if self._filters is None:  # read when the run is complete (not when the graph is built)
+            self._filters = json.loads(fs.read_bytes(fs.join(self._run_dir, ".curate_run.json"))).get("config", {})
+        indices = {}
+        for order, r in sorted(rows, key=lambda x: x[0]):
+            indices[r["source_index"]] = (order, r)  # the last row of a repeated position, as a walk over all rows finds it
+        for index, fields in _members(path, indices):
+            order, r = indices[index]
+            if "txt" not in fields:
+                continue
+            try:
+                caption = clean_caption(fields["txt"].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            if not caption_passes(caption, self._filters):
+                continue
+            meta = {**sample_json(fields), "key": r["key"], "caption": caption,
+                    "source_shard": fs.basename(path), "source_index": index, "image_dropped_for": r["reason"]}
+            yield Candidate(order, TEXT_ONLY, r["key"], caption, (r["key"], caption, meta))
+
+
+def _curated_contents(path: str):
+    """One curated shard's parquet -> (stream, content) of each curated sample: its image's sha256
+    is not offered as image-only, its caption not as text-only."""
+    t = read_parquet(path, columns=["sha256", "caption"]).to_pydict()
+    # once per shard: a caption curated many times (boilerplate-like) sends one marker per shard
+    for sha in dict.fromkeys(t["sha256"]):
+        yield IMAGE_ONLY, sha
+    for caption in dict.fromkeys(t["caption"]):
+        yield TEXT_ONLY, caption
+
+
+def _fresh_by_content(element):
+    """The candidates of one (stream, content), with None for each curated sample having it -> the
+    candidates (MAIN) when nothing curated has it, and (tag 'edges') links from the first of them to
+    the others: they compete for one place."""
+    _, items = element
+    items = list(items)
+    if any(c is None for c in items):
+        return
+    items.sort(key=lambda c: c.order)
+    for c in items:
+        yield MAIN, c
+    for c in items[1:]:
+        yield "edges", (items[0].order, c.order)
+
+
+def _star(element):
+    """(stream, key) -> the orders of its candidates: links from the first to the others."""
+    _, orders = element
+    orders = sorted(orders)
+    return [(orders[0], o) for o in orders[1:]]
+
+
+class _RouteCandidate(beam.DoFn):
+    def process(self, element):
+        _, items = element
+        group = next((v for tag, v in items if tag == "group"), None)
+        candidate = next(v for tag, v in items if tag == "candidate")
+        if group is None:
+            yield MAIN, candidate
+        else:
+            yield "grouped", (group, candidate)
+
+
+class FirstOfRepeats(beam.PTransform):
+    """Candidates -> those ``first_of_repeats`` takes, without gathering them: candidates whose
+    content is curated leave first (joined by content), the rest compete only with those that share
+    their content or key, so the walk runs per connected group of such links (by node, then by group)."""
+
+    def __init__(self, curated):
+        super().__init__()
+        self._curated = curated
+
+    def expand(self, candidates):
+        fresh = split((candidates | "ByContent" >> beam.Map(lambda c: ((c.stream, c.content), c)),
+                       self._curated | "CuratedContent" >> beam.Map(lambda sc: (sc, None)))
+                      | "CandidatesAndCurated" >> beam.Flatten()
+                      | "JoinContent" >> beam.GroupByKey()
+                      | "NotCurated" >> beam.FlatMap(_fresh_by_content), "NotCurated", "fresh", "edges")
+        key_edges = (fresh.fresh
+                     | "ByKey" >> beam.Map(lambda c: ((c.stream, c.key), c.order))
+                     | "SameKey" >> beam.GroupByKey()
+                     | "KeyLinks" >> beam.FlatMap(_star))
+        groups = (fresh.edges, key_edges) | "Links" >> beam.Flatten() | "Components" >> ConnectedComponents()
+        routed = split((fresh.fresh | "ByOrder" >> beam.Map(lambda c: (c.order, ("candidate", c))),
+                        groups | "TagGroups" >> beam.Map(lambda ng: (ng[0], ("group", ng[1]))))
+                       | "CandidatesAndGroups" >> beam.Flatten()
+                       | "JoinGroups" >> beam.GroupByKey()
+                       | "Route" >> beam.ParDo(_RouteCandidate()), "Route", "alone", "grouped")
+        walked = (routed.grouped
+                  | "GroupCandidates" >> beam.GroupByKey()
+                  | "Walk" >> beam.FlatMap(lambda kv: first_of_repeats(kv[1])))
+        return (routed.alone, walked) | "Taken" >> beam.Flatten()
+
+
+def _rank_in_shard(element):
+    """(stream, raw shard) and its taken candidates -> the count (tag 'counts') and each candidate
+    with its rank within that raw shard (MAIN)."""
+    (stream, shard), taken = element
+    taken = sorted(taken, key=lambda c: c.order)
+    yield "counts", (stream, shard, len(taken))
+    for i, c in enumerate(taken):
+        yield MAIN, (i, c)
+
+
+def _offsets(counts: list) -> dict:
+    """[(stream, raw shard, taken)] -> (stream, raw shard) -> taken before it in the stream (prefix sums
+    in the walk's order: raw shards by path)."""
+    offsets, running = {}, {}
+    for stream, shard, n in sorted(counts):
+        offsets[(stream, shard)] = running.get(stream, 0)
+        running[stream] = running.get(stream, 0) + n
+    return offsets
+
+
+def _plan(element):
+    """((stream, output shard id), its candidates) -> (stream, (shard id, writer items in order))."""
+    (stream, shard_id), taken = element
+    return stream, (shard_id, [c.item for c in sorted(taken, key=lambda c: c.order)])
+
+
+class IntoShards(beam.PTransform):
+    """Taken candidates -> (stream, (shard id, items)): ``per_shard`` items per shard in the walk's
+    order. Only the count per (stream, raw shard) meets on one worker; each shard's items meet by shard."""
+
+    def __init__(self, per_shard: int):
+        super().__init__()
+        self._n = per_shard
+
+    def expand(self, taken):
+        n = self._n
+        ranked = split(taken
+                       | "ByRawShard" >> beam.Map(lambda c: ((c.stream, c.order[0]), c))
+                       | "PerRawShard" >> beam.GroupByKey()
+                       | "RankInShard" >> beam.FlatMap(_rank_in_shard), "RankInShard", "ranked", "counts")
+        offsets = ranked.counts | "GatherCounts" >> GatherSmall() | "Offsets" >> beam.Map(_offsets)
+
+        def to_shard(ic, offsets):
+            i, c = ic
+            return (c.stream, (offsets[(c.stream, c.order[0])] + i) // n), c
+
+        return (ranked.ranked
+                | "ToShard" >> beam.Map(to_shard, beam.pvalue.AsSingleton(offsets, default_value={}))
+                | "PerShard" >> beam.GroupByKey()
+                | "Plan" >> beam.Map(_plan))
+
+
+class PlanUnimodal(beam.PTransform):
+    """After the curated shards exist: laion_filter's decisions -> image-only and text-only shard plans
+    ((stream, (shard id, items))).
 
     Image-only: samples dropped for a caption reason whose image bytes (sha256) are neither curated
     nor already taken. Text-only: samples dropped for an image reason whose caption passes the
     run's caption rules and is neither a curated caption nor already taken (exact text). Both keep
-    input order and the first of repeated keys.
+    input order and the first of repeated keys (``first_of_repeats``). Nothing gathers the run:
+    decisions are read per file, captions per raw shard, repeats meet by image, caption or key, and
+    only one count per raw shard (and the curated shards' paths, as the barrier) meet on one worker.
     """
 
     def __init__(self, run_dir: str, per_shard: int):
+        super().__init__()
         self._run_dir, self._n = run_dir, per_shard
 
-    def process(self, _element):
-        filters = json.loads(fs.read_bytes(fs.join(self._run_dir, ".curate_run.json"))).get("config", {})
-        columns = ["key", "source_shard", "source_index", "kept", "reason", "sha256"]
-        rows = sorted((r for path in fs.glob(fs.join(self._run_dir, "decisions", "*.parquet"))
-                       for r in read_parquet(path, columns=columns).to_pylist()),
-                      key=lambda r: (r["source_shard"], r["source_index"]))
-        shas, captions = _curated_index(fs.join(self._run_dir, "shards"))
-        images, texts, wanted_text, keys_i, keys_t = [], [], {}, set(), set()
-        for r in rows:
-            if r["kept"] or r["source_index"] < 0:
-                continue
-            if r["reason"] in IMAGE_ONLY_REASONS and r["sha256"] not in shas and r["key"] not in keys_i:
-                shas.add(r["sha256"])
-                keys_i.add(r["key"])
-                images.append((r["source_shard"], r["source_index"], r["key"], r["reason"]))
-            elif r["reason"] in TEXT_ONLY_REASONS:
-                wanted_text.setdefault(r["source_shard"], {})[r["source_index"]] = r
-        for path, indices in sorted(wanted_text.items()):
-            for index, fields in _members(path, indices):
-                r = indices[index]
-                if "txt" not in fields:
-                    continue
-                try:
-                    caption = clean_caption(fields["txt"].decode("utf-8"))
-                except UnicodeDecodeError:
-                    continue
-                if caption in captions or r["key"] in keys_t or not caption_passes(caption, filters):
-                    continue
-                captions.add(caption)
-                keys_t.add(r["key"])
-                meta = {**sample_json(fields), "key": r["key"], "caption": caption,
-                        "source_shard": fs.basename(path), "source_index": index, "image_dropped_for": r["reason"]}
-                texts.append((r["key"], caption, meta))
-        for start in range(0, len(images), self._n):
-            yield "image_only", (start // self._n, images[start:start + self._n])
-        for start in range(0, len(texts), self._n):
-            yield "text_only", (start // self._n, texts[start:start + self._n])
+    def expand(self, shards):
+        run_dir = self._run_dir
+        ready = shards | "AfterShards" >> GatherSmall()  # a barrier: the run's shards and decisions are complete
+        read = split(ready
+                     | "ListDecisions" >> beam.FlatMap(lambda _: fs.glob(fs.join(run_dir, "decisions", "*.parquet")))
+                     | "ReadDecisions" >> beam.FlatMap(_decision_candidates), "ReadDecisions", "images", "text")
+        texts = (read.text
+                 | "PerRawShard" >> beam.GroupByKey()
+                 | "ReadCaptions" >> beam.ParDo(_TextCandidates(run_dir)))
+        curated = (ready
+                   | "ListCurated" >> beam.FlatMap(lambda _: fs.glob(fs.join(run_dir, "shards", "*.parquet")))
+                   | "CuratedContents" >> beam.FlatMap(_curated_contents))
+        return ((read.images, texts)
+                | "Candidates" >> beam.Flatten()
+                | "FirstOfRepeats" >> FirstOfRepeats(curated)
+                | "IntoShards" >> IntoShards(self._n))
 
 
 class FlavaExport(beam.PTransform):
@@ -298,10 +480,7 @@ class FlavaExport(beam.PTransform):
                   shards.pipeline | "Settings" >> beam.Create([settings])
                   | "WriteMaskingJson" >> beam.Map(lambda x: write_json(fs.join(out, "masking.json"), x))]
         if s["flava.unimodal"]:
-            plans = (shards
-                     | "AfterShards" >> beam.Map(lambda p: (0, p))
-                     | "GatherShards" >> beam.GroupByKey()
-                     | "PlanUnimodal" >> beam.ParDo(_PlanUnimodal(s["flava.run_dir"], s["flava.samples_per_shard"])))
+            plans = shards | "PlanUnimodal" >> PlanUnimodal(s["flava.run_dir"], s["flava.samples_per_shard"])
             image_dir, text_dir = fs.join(out, "image_only"), fs.join(out, "text_only")
             writes.append(plans
                           | "ImagePlans" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "image_only" else [])
