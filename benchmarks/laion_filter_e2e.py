@@ -4,7 +4,12 @@
 
 Each configuration runs the real CLI in a subprocess; peak RSS is the largest sum over that
 process tree (Beam's worker processes included), sampled every 0.2 s from /proc.
-Prints a table; nothing here is a pass/fail test.
+Prints a table; nothing here is a pass/fail test. Per run it prints both clocks of report.json
+(curate/timing.py): the wall time inside each stage (``stage_wall_seconds``) and its CPU time
+(``stage_cpu_seconds``: thread CPU, or process CPU for PROCESS_CLOCK_STAGES), both summed over
+workers, the run's CPU seconds (``cpu_seconds``: getrusage of the CLI and its waited-for children),
+and the output folder it keeps (DIR/out-SAMPLES-WORKERS), whose report.json
+benchmarks/capacity_plan.py reads.
 """
 from __future__ import annotations
 
@@ -67,6 +72,19 @@ def run_once(corpus: str, out: str, workers: int) -> dict:
     return {"wall": time.time() - t0, "report": report, "peak_rss": peak}
 
 
+def stage_lines(times: dict) -> list[tuple[str, str]]:
+    """report.json's per-stage seconds as two labelled lines, stages in the same order (largest CPU
+    first): wall clock inside each stage, and CPU time, both summed over workers."""
+    wall, cpu = times.get("stage_wall_seconds", {}), times.get("stage_cpu_seconds", {})
+    order = sorted(set(wall) | set(cpu), key=lambda k: (-cpu.get(k, 0.0), -wall.get(k, 0.0), k))
+
+    def text(values):
+        return ", ".join(f"{k} {values[k]:.1f}" for k in order if k in values) or "n/a"
+
+    return [("stage wall s (wall clock inside each stage, summed over workers)", text(wall)),
+            ("stage CPU s  (CPU time inside each stage, summed over workers)   ", text(cpu))]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, nargs="+", default=[10000, 2000])
@@ -74,6 +92,7 @@ def main() -> int:
     ap.add_argument("--work", default="work-tmp/bench")
     args = ap.parse_args()
     rows = []
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     for n in args.samples:
         corpus = os.path.join(args.work, f"corpus-{n}")
         if not os.path.exists(os.path.join(corpus, "ground_truth.parquet")):
@@ -81,15 +100,19 @@ def main() -> int:
         for w in args.workers:
             r = run_once(corpus, os.path.join(args.work, f"out-{n}-{w}"), w)
             rep = r["report"]
-            rows.append((n, w, r["wall"], rep["time"]["wall_seconds"], rep["counts"]["kept"],
-                         r["peak_rss"], rep["time"]["stage_cpu_seconds"]))
+            rows.append((n, w, r["wall"], rep["time"], rep["counts"]["kept"], r["peak_rss"],
+                         os.path.join(args.work, f"out-{n}-{w}")))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"machine: {os.cpu_count()} cores, {sys.platform}; scorer: demo (curate-demo-64), CPU")
     print(f"{'samples':>8} {'workers':>7} {'process s':>9} {'pipeline s':>10} {'samples/s':>9} "
-          f"{'kept':>6} {'peak RSS':>9}  stage CPU seconds (summed over workers)")
-    for n, w, wall, pipe, kept, rss, stages in rows:
-        stage_text = ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) or "n/a"
+          f"{'kept':>6} {'peak RSS':>9} {'CPU s':>7}  (CPU s: report.json cpu_seconds)")
+    for n, w, wall, times, kept, rss, out in rows:
+        pipe = times["wall_seconds"]
         print(f"{n:>8} {w:>7} {wall:>9.1f} {pipe:>10.1f} {n / pipe:>9.0f} {kept:>6} "
-              f"{rss / 2**30:>7.2f}GB  {stage_text}")
+              f"{rss / 2**30:>7.2f}GB {times.get('cpu_seconds', float('nan')):>7.1f}")
+        for label, stages in stage_lines(times):
+            print(f"{'':>10}{label}: {stages}")
+        print(f"{'':>10}output: {out}")
     return 0
 
 

@@ -6,8 +6,11 @@ For each model (the demo scorer, and ViT-B-32 with random weights: throughput do
 the weights) and one batch size, it measures in one process:
   raw       model.encode_image + encode_text on tensors prepared beforehand (the ceiling)
   pipeline  the `score` pipeline end to end on the same samples: read, decode, preprocess,
-            RunInference, write embeddings (start-up excluded: time from first to last shard)
-Prints a table; nothing here is a pass/fail test.
+            model, write embeddings (report.json's wall time: model loading and Beam's
+            start-up included)
+Also prints, per stage, both clocks of report.json (curate/timing.py), summed over workers: the
+wall time inside each stage (``stage_wall_seconds``) and its CPU time (``stage_cpu_seconds``), and
+the 1-minute load average before and after. Prints a table; nothing here is a pass/fail test.
 """
 from __future__ import annotations
 
@@ -52,7 +55,6 @@ def pipeline(model: str, pretrained: str, corpus: str, out: str, batch: int) -> 
                       "--set", f"scorer.model={model}", "--set", f"scorer.pretrained={pretrained}",
                       "--set", f"scorer.batch_size={batch}"])
     scored = report["counts"]["kept"]
-    # Model loading happens once per worker and is not throughput; take it out.
     return scored / report["time"]["wall_seconds"], report
 
 
@@ -63,6 +65,7 @@ def main() -> int:
     ap.add_argument("--vit-samples", type=int, default=320)
     args = ap.parse_args()
     rows = []
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     for name, model, pretrained, n, batch in (
             ("demo scorer", clip.DEMO_MODEL, "demo", args.demo_samples, 64),
             ("ViT-B-32 (random weights)", "ViT-B-32", "random", args.vit_samples, 32)):
@@ -73,14 +76,15 @@ def main() -> int:
         pipe_rate, report = pipeline(model, pretrained, corpus, os.path.join(args.work, f"out-{model}"), batch)
         pipe_wall = time.perf_counter() - t0
         raw_rate = raw_forward(clip.ScorerSpec(model=model, pretrained=pretrained), corpus, batch, n)
-        rows.append((name, batch, report["counts"]["kept"], raw_rate, pipe_rate, pipe_wall,
-                     report["time"]["stage_cpu_seconds"]))
+        rows.append((name, batch, report["counts"]["kept"], raw_rate, pipe_rate, pipe_wall, report["time"]))
     print(f"machine: {os.cpu_count()} cores, CPU only; torch threads {torch.get_num_threads()}")
-    print(f"{'model':<27} {'batch':>5} {'samples':>7} {'raw/s':>8} {'pipeline/s':>10} {'fraction':>8}  "
-          "stage CPU seconds")
-    for name, batch, n, raw, pipe, _wall, stages in rows:
-        print(f"{name:<27} {batch:>5} {n:>7} {raw:>8.1f} {pipe:>10.1f} {pipe / raw:>8.2f}  "
-              + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"{'model':<27} {'batch':>5} {'samples':>7} {'raw/s':>8} {'pipeline/s':>10} {'fraction':>8}")
+    for name, batch, n, raw, pipe, _wall, times in rows:
+        print(f"{name:<27} {batch:>5} {n:>7} {raw:>8.1f} {pipe:>10.1f} {pipe / raw:>8.2f}")
+        for label, key in (("stage wall s (wall clock inside each stage)", "stage_wall_seconds"),
+                           ("stage CPU s  (CPU time inside each stage)  ", "stage_cpu_seconds")):
+            print(f"{'':>4}{label}: " + (", ".join(f"{k} {v:.1f}" for k, v in times.get(key, {}).items()) or "n/a"))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(json.dumps({"note": "pipeline/s counts the whole run (read, decode, preprocess, encode, write)"}))
     return 0
 

@@ -59,13 +59,32 @@ def test_dask_cluster_run_equals_direct_run(corpus, direct, tmp_path):
     assert [name for name in want if got[name] != want[name]] == []
 
 
-def test_score_multi_processing_equals_one_process(corpus, tmp_path):
-    args = ["--pipeline", "score", "--input", corpus]
-    one = run.run([*args, "--output", str(tmp_path / "one")])
-    two = run.run([*args, "--output", str(tmp_path / "two"), "--direct_running_mode=multi_processing",
-                   "--direct_num_workers=2"])
-    assert one["counts"] == two["counts"]
-    assert output_bytes(str(tmp_path / "one")) == output_bytes(str(tmp_path / "two"))
+# Every two-pass step at once: clustered near dedup (centroids as a side input, components in rounds),
+# SemDeDup's target fraction and the top-fraction cut. About 3.5 minutes on 2 cores, so it runs with
+# `python -m pytest -m slow` (README "Tests"), not in the default suite.
+TWO_PASS = ("--set", "dedup.near_flat_max=20", "--set", "dedup.semdedup.enabled=true",
+            "--set", "dedup.semdedup.target_fraction=0.8", "--set", "select.mode=fraction")
+
+
+@pytest.mark.slow
+def test_every_two_pass_step_on_a_dask_cluster_equals_direct_run(corpus, tmp_path):
+    """The run that found Beam 2.77's DaskRunner delivering some samples twice to the top-fraction
+    histogram (the cut moved; now each sample counts once by its input position)."""
+    distributed = pytest.importorskip("distributed")
+    direct_out = str(tmp_path / "direct")
+    direct_report = laion_filter(corpus, direct_out, *TWO_PASS)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        report = laion_filter(corpus, str(tmp_path / "dask"), *TWO_PASS,
+                              "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                              f"--dask_client_address={cluster.scheduler_address}")
+    assert report["counts"] == direct_report["counts"]
+    got, want = output_bytes(str(tmp_path / "dask")), output_bytes(direct_out)
+    assert sorted(got) == sorted(want) and [name for name in want if got[name] != want[name]] == []
+
+
+# The score pipeline with two worker processes: its writer (ScoreShards) is laion_filter's, whose
+# two-worker run is compared byte for byte, embeddings included, in tests/test_laion_filter.py.
 
 
 def test_remote_paths_through_fsspec(corpus, direct):
