@@ -122,6 +122,12 @@ def open(path: str, mode: str = "rb"):  # noqa: A001 - the module's one opener, 
     return fs.open(p, mode)
 
 
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    filesystem, stripped = _fs(path)
+    return int(filesystem.size(stripped))
+
+
 def read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()

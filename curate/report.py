@@ -67,7 +67,9 @@ def conservation_problems(files: list[DecisionFile], written: int | None = None,
         have = {f.count.shard_index for f in members}
         missing = sorted(set(range(max(totals))) - have)
         if len(totals) > 1:
-            problems.append(f"decisions/{name}: files disagree on the number of input shards ({sorted(totals)})")
+            problems.append(f"the decisions files ({name.replace('N', '#')}) were written for different numbers of "
+                            f"input shards ({' and '.join(map(str, sorted(totals)))}): the input changed between runs "
+                            "into this folder; run again with --overwrite")
         if missing:
             problems.append(f"input shard {missing[0]} of {max(totals)} has no decisions file "
                             f"({name.replace('N', f'{missing[0]:05d}')})"

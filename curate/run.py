@@ -131,6 +131,25 @@ def _owner(marker: bytes | None) -> str | None:
         return None
 
 
+def _identity(marker: bytes | None) -> dict:
+    try:
+        return json.loads(marker) if marker else {}
+    except ValueError:
+        return {}
+
+
+def _same_but_input(run_id: bytes, previous: bytes | None) -> bool:
+    """Whether two runs differ only in their input shards (a tar added, removed or changed)."""
+    a, b = _identity(run_id), _identity(previous)
+    return bool(b) and a.get("input_shards") != b.get("input_shards") and (
+        {k: v for k, v in a.items() if k != "input_shards"} == {k: v for k, v in b.items() if k != "input_shards"})
+
+
+def _shard_count(marker: bytes | None) -> str:
+    shards = _identity(marker).get("input_shards")
+    return "unknown" if shards is None else f"{len(shards)} shards"
+
+
 def prepare_output(out: str, overwrite: bool, run_id: bytes = b"{}", writes: tuple[str, ...] = ALL_OUTPUTS,
                    reads: dict[str, str] | None = None, also: tuple[str, ...] = ()) -> str:
     """Make ``out`` ready for this run; return NEW, RESUME (an interrupted identical run) or RERUN
@@ -206,6 +225,10 @@ def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes |
         raise UsageError(f"output folder {out!r} holds {holder} ({', '.join(found)}); --overwrite replaces only "
                          f"an earlier {pipeline} run: {elsewhere}, or pass --overwrite --overwrite-also {','.join(foreign)} "
                          f"to replace what the {owner} run wrote there")
+    if not overwrite and _same_but_input(run_id, previous):
+        raise UsageError(f"output folder {out!r} holds {holder} with these settings over other input shards "
+                         f"({_shard_count(previous)} then, {_shard_count(run_id)} now); pass --overwrite to start "
+                         f"over (nothing else there is touched), or {elsewhere}")
     if not overwrite:
         raise UsageError(f"output folder {out!r} already holds {holder} with other settings ({', '.join(found)}); "
                          f"pass --overwrite to replace {'it' if len(found) == 1 else 'them'} (nothing else there "
@@ -413,7 +436,12 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
         return dry_run(module, cfg, options)
     if cfg["input"] is None and not reuse:
         check_sample_corpus_folder(out)
-    run_id = dumps_json({"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}})
+    identity = {"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}}
+    if cfg["input"] is not None and not reads_table and not reuse:
+        # the input's shards (name, size) belong to the run too: a folder resumed or rerun over other
+        # shards would mix the old shards' outputs with the new ones'
+        identity["input_shards"] = [[p, fs.size(p)] for p in list_input_shards(cfg["input"])]
+    run_id = dumps_json(identity)
     writes = tuple(name for name in spec.outputs if name != RAW or reads_table)  # raw/: only when it ingests
     reads = {key: fs.abspath(cfg[key]) for key in spec.reads if cfg.get(key)}
     again = "the same command without --overwrite" if args.overwrite else "the same command"

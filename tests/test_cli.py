@@ -353,3 +353,25 @@ def test_an_eval_set_without_images_is_refused_before_any_work(tmp_path):
         run.run(["--pipeline", "laion_filter", "--output", str(tmp_path / "out"), "--set", "sample_corpus.samples=20",
                  "--set", f"decontaminate.eval_set={tmp_path / 'eval'}"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_whose_input_shards_changed_is_refused_not_mixed(tmp_path, capsys):
+    """A tar removed from the input between two runs into one folder: the old run's per-shard outputs
+    would mix with the new ones (counts of 3 shards, 2 read). The rerun is refused with one line that
+    names --overwrite; with it, the run starts over."""
+    corpus = tmp_path / "corpus"
+    synth.generate(str(corpus), 60, seed=8, noise=0.3, shard_size=20)
+    args = ["--pipeline", "laion_filter", "--input", str(corpus), "--output", str(tmp_path / "out"),
+            "--set", "save_embeddings=false", "--set", "dedup.near=false"]
+    assert run.main(args) == 0
+    for name in os.listdir(corpus):
+        if name.startswith("00002."):
+            os.remove(corpus / name)
+    capsys.readouterr()
+    assert run.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "over other input shards (3 shards then, 2 shards now); pass --overwrite" in err
+    assert run.main([*args, "--overwrite"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["counts"]["input"] == 40 and not report["counts"]["conservation"]["problems"]
+    assert sorted(os.listdir(tmp_path / "out" / "decisions")) == ["00000.parquet", "00001.parquet"]
