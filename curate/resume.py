@@ -5,7 +5,7 @@ The scoring stage (score, laion_filter) checkpoints each input shard P as soon a
     EMB/img_emb/img_emb_P.npy ...     the shard's scored samples (curate.embeddings.write_part; none
                                       when no sample of it could be scored)
     OUT/.resume/P.parquet             its rows for the samples that could not be scored (read, decode)
-    OUT/.resume/P.json                the completion marker, written LAST: the input shard (path, size),
+    OUT/.resume/P.json                the completion marker (write_marker), written LAST: the input shard (path, size),
                                       the scoring settings, how many samples were scored, the shard's
                                       InputCount (what the reader counted)
 
@@ -22,7 +22,6 @@ taken for other settings or for an input shard that changed size since.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 
@@ -45,10 +44,22 @@ def folder(out: str) -> str:
     return fs.join(out, FOLDER)
 
 
-def shard_size(path: str) -> int:
-    """Bytes of an input shard (local or remote), without reading it."""
-    with fs.open(path, "rb") as f:
-        return f.seek(0, io.SEEK_END)
+def write_marker(marker: str, source: str, settings: dict, **record) -> None:
+    """A unit of work is finished (write it LAST, after its outputs): the input file it came from
+    (path and size), the settings it was done under, and what a resumed run needs of it."""
+    fs.makedirs(fs.dirname(marker))
+    write_bytes(marker, dumps_json({"source": source, "bytes": fs.size(source), "settings": settings, **record}))
+
+
+def read_marker(marker: str, source: str, settings: dict) -> dict | None:
+    """The record of a finished unit, or None when there is no marker, or it was written for another
+    input file (path or size) or other settings: then the unit is done again."""
+    if not fs.exists(marker):
+        return None
+    done = json.loads(fs.read_bytes(marker))
+    if (done["source"], done["bytes"], done["settings"]) != (source, fs.size(source), settings):
+        return None
+    return done
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +88,8 @@ class ScoreCheckpoint:
         fs.makedirs(folder(self.out))
         if rows:
             write_parquet(self._rows(index), pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
-        write_bytes(self._marker(index), dumps_json({
-            "shard": path, "bytes": shard_size(path), "settings": self.settings,
-            "scored": len(samples), "unscored": len(rows), "input_counts": counts}))
+        write_marker(self._marker(index), path, self.settings,
+                     scored=len(samples), unscored=len(rows), input_counts=counts)
 
     def load(self, index: int, path: str) -> list[tuple[str, object]] | None:
         """The (tag, value) pairs a checkpointed shard gave, or None when it must be scored:
@@ -89,11 +99,8 @@ class ScoreCheckpoint:
         (records.stable), the part keeps it as float32, and stable() of that float32 is the same
         number (tests/test_score.py checks every value in [-1, 1]); embeddings were float16 in the
         run too (scoring.scored_samples)."""
-        marker = self._marker(index)
-        if not fs.exists(marker):
-            return None
-        done = json.loads(fs.read_bytes(marker))
-        if (done["shard"], done["bytes"], done["settings"]) != (path, shard_size(path), self.settings):
+        done = read_marker(self._marker(index), path, self.settings)
+        if done is None:
             return None
         samples = read_part(self.emb_dir, index) if done["scored"] else []
         rows = (read_parquet(self._rows(index), schema=DECISION_SCHEMA).to_pylist()

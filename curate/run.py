@@ -422,9 +422,10 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
             ingest.check_input(cfg)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    elif cfg["input"] is not None and not reuse:
+    input_shards = None
+    if cfg["input"] is not None and not reads_table and not reuse:
         try:
-            list_input_shards(cfg["input"])
+            input_shards = list_input_shards(cfg["input"])
         except ValueError as e:
             raise UsageError(str(e)) from None
     out = cfg["output"] = fs.abspath(cfg["output"])
@@ -437,10 +438,10 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
     if cfg["input"] is None and not reuse:
         check_sample_corpus_folder(out)
     identity = {"pipeline": args.pipeline, "config": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}}
-    if cfg["input"] is not None and not reads_table and not reuse:
-        # the input's shards (name, size) belong to the run too: a folder resumed or rerun over other
+    if input_shards is not None:
+        # the input's shards (path, size) belong to the run too: a folder resumed or rerun over other
         # shards would mix the old shards' outputs with the new ones'
-        identity["input_shards"] = [[p, fs.size(p)] for p in list_input_shards(cfg["input"])]
+        identity["input_shards"] = [[p, fs.size(p)] for p in input_shards]
     run_id = dumps_json(identity)
     writes = tuple(name for name in spec.outputs if name != RAW or reads_table)  # raw/: only when it ingests
     reads = {key: fs.abspath(cfg[key]) for key in spec.reads if cfg.get(key)}
@@ -529,21 +530,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
-    except RuntimeError as e:
-        # The model loader is imported only by pipelines that score (it pulls in torch + open_clip).
-        clip = sys.modules.get("curate.models.clip")
-        if clip is None or not isinstance(e, clip.ModelLoadError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
-        # Imported once a run has started; samples lost between reading and the decisions table.
-        report = sys.modules.get("curate.report")
-        if report is None or not isinstance(e, report.ConservationError):
+        status = _known_failure(e)
+        if status is None:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return status
     return 0
+
+
+# Failures that end a run with one line, by (module, class, exit status). The modules are imported
+# only once a run needs them (the model loader pulls in torch + open_clip), so they are looked up
+# where they are, never imported here.
+_KNOWN_FAILURES = (("curate.models.clip", "ModelLoadError", 2),   # weights that cannot be loaded
+                   ("curate.report", "ConservationError", 1))     # samples lost or mixed between runs
+
+
+def _known_failure(error: Exception) -> int | None:
+    for module_name, class_name, status in _KNOWN_FAILURES:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, getattr(module, class_name)):
+            return status
+    return None
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from curate.exports.writing import (
     write_json,
 )
 from curate.io import write_tar
-from curate.resume import shard_size
+from curate.resume import read_marker, write_marker
 from curate.timing import timed
 
 log = logging.getLogger("curate")
@@ -128,11 +128,8 @@ class _TokenizeAndPackShard(beam.DoFn):
     def _finished(self, path: str, name: str) -> tuple | None:
         """What an interrupted run of the same settings recorded for this shard, once its tar and
         Megatron part were written (the marker comes last), or None: tokenize it."""
-        marker = self._marker(name)
-        if not fs.exists(marker):
-            return None
-        done = json.loads(fs.read_bytes(marker))
-        if (done["source"], done["bytes"], done["settings"]) != (path, shard_size(path), self._s):
+        done = read_marker(self._marker(name), path, self._s)
+        if done is None:
             return None
         return f"{name}.tar", done["sequences"], done["documents"], done["skipped"]
 
@@ -160,8 +157,7 @@ class _TokenizeAndPackShard(beam.DoFn):
             packing.write_indexed(fs.join(self._out_dir, PARTS, name), sequences, dtype)
         skipped = [{**row, "shard": f"{name}.tar"} for row in skipped]
         # Last: a resumed run takes a shard with a marker as done (see _finished).
-        write_json(self._marker(name), {"source": path, "bytes": shard_size(path), "settings": self._s,
-                                        "sequences": len(sequences), "documents": len(docs), "skipped": skipped})
+        write_marker(self._marker(name), path, self._s, sequences=len(sequences), documents=len(docs), skipped=skipped)
         progress(self._out_dir, f"{name}.tar", len(docs))
         yield f"{name}.tar", len(sequences), len(docs), skipped
 
