@@ -9,7 +9,7 @@ import logging
 
 import apache_beam as beam
 
-from curate import fs
+from curate import fs, progress
 from curate.decisions import InputCount
 from curate.io import (
     IMAGE_EXTS,
@@ -78,7 +78,8 @@ def read_shard(shard_index: int, path: str, total: int):
     one (DECISIONS, row) after the samples read before the damage, never as a crash. Last comes
     (DECISIONS, InputCount): the samples read, which the shard's decision rows must number."""
     count = 0
-    log.info("reading shard %d/%d %s", shard_index + 1, total, fs.basename(path))
+    if not progress.advance("read", 0, " shards", total, f"reading {fs.basename(path)}"):
+        log.info("reading shard %d/%d %s", shard_index + 1, total, fs.basename(path))
     samples = iter_tar_groups(path)
     try:
         while True:
@@ -100,7 +101,8 @@ def read_shard(shard_index: int, path: str, total: int):
     beam.metrics.Metrics.counter("curate", "shards_read").inc()
     beam.metrics.Metrics.counter("curate", "samples_read").inc(count)
     yield DECISIONS, InputCount(shard_index, count, total)
-    log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, fs.basename(path), count)
+    if not progress.advance("read", 1, " shards", total, f"{fs.basename(path)}: {count} samples"):
+        log.info("done with shard %d/%d %s: %d samples", shard_index + 1, total, fs.basename(path), count)
 
 
 def read_members(path: str, indices: set[int]) -> dict[tuple[str, int], dict]:

@@ -1,8 +1,14 @@
-"""report.json and the closing summary: what was kept, what was dropped and why, and where time went."""
+"""report.json and the closing summary: what was kept, what was dropped and why, and where time went.
+
+``python -m curate.report OUT [--seed N]`` rebuilds OUT/report.html (curate.html_report) from the
+report.json and decisions already in OUT (a local folder or any fsspec path), recomputing nothing.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -185,3 +191,24 @@ def summary(report: dict, out_dir: str, outputs: str | None = None) -> str:
     lines.append(f"  {where}; decisions in {fs.join(out_dir, 'decisions')}; "
                  f"report {fs.join(out_dir, 'report.json')}")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m curate.report OUT``: write OUT/report.html again from what OUT holds."""
+    from curate import html_report
+
+    ap = argparse.ArgumentParser(prog="python -m curate.report", description=main.__doc__.split(":", 1)[1].strip())
+    ap.add_argument("out", help="the output folder of a curate run (local or fsspec path, e.g. gs://bucket/run)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the thumbnail samples (default 0, as a run writes)")
+    args = ap.parse_args(argv)
+    try:
+        path = html_report.write(fs.abspath(args.out), seed=args.seed)
+    except html_report.ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

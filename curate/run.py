@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from curate import config as config_lib
-from curate import fs
+from curate import fs, progress
 from curate.pipelines.specs import ALL_OUTPUTS, PIPELINES, RAW, PipelineSpec
 
 log = logging.getLogger("curate")
@@ -472,7 +472,7 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import StandardOptions
 
-    from curate import guard_rails
+    from curate import guard_rails, html_report
     from curate.pipelines import ingest
     from curate.report import check_conservation, count_decisions, summary, write_report
     from curate.shards import write_sizes
@@ -494,6 +494,7 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
         if getattr(result, "client", None) is not None:  # Beam's DaskRunner leaves its client open
             result.client.close()
     wall, cpu = time.time() - t0, process_cpu_seconds() - cpu0
+    progress.close()  # the bars' last lines, before the summary
 
     shards = None
     if getattr(module, "WRITES_SHARDS", False):
@@ -507,6 +508,7 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     report = write_report(out, pipeline_name, cfg, counts, wall, stage_seconds(result), shards,
                           options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
                           synthetic, cpu)
+    html_report.write_after_run(out, report)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     check_conservation(counts)  # after the report: a failed run keeps its evidence
     return report
@@ -520,7 +522,8 @@ def main(argv=None) -> int:
     # Local workers print their own log lines; the job service would repeat each one.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
-        run(argv, ctrl_c_exits=True)
+        with progress.on_terminal(sys.stderr):  # bars for the long stages; log lines when not a terminal
+            run(argv, ctrl_c_exits=True)
     except (UsageError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

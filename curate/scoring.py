@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from curate import progress
 from curate.models import clip
 from curate.records import Sample, stable
 from curate.timing import timed
@@ -60,7 +61,7 @@ class OpenClipModelHandler(ModelHandler[ClipBatch, PredictionResult, torch.nn.Mo
                 img, txt = self._encode_splitting(model, clip_batch.images, clip_batch.tokens)
             results.append(PredictionResult(clip_batch, (img, txt)))
             before, self._scored = self._scored, self._scored + len(clip_batch.samples)
-            if self._scored // 1000 > before // 1000:
+            if not progress.advance("score", len(clip_batch.samples)) and self._scored // 1000 > before // 1000:
                 rate = self._scored / max(1e-9, time.perf_counter() - self._started)
                 log.info("scored %d samples in this worker (%.0f/s)", self._scored, rate)
         return results

@@ -13,7 +13,7 @@ import logging
 import apache_beam as beam
 import pyarrow as pa
 
-from curate import fs
+from curate import fs, progress
 from curate.gather import GatherSmall
 from curate.io import format_ext, sample_json, write_bytes, write_parquet, write_tar
 from curate.outputs import DECISIONS, MAIN, split
@@ -134,7 +134,8 @@ class WriteShardFn(beam.DoFn):
         shard_id, samples = element
         with timed(WRITE):
             name = self._write(shard_id, samples)
-        log.info("wrote shard %s.tar: %d samples", name, len(samples))
+        if not progress.advance("write", len(samples), status=f"{name}.tar"):
+            log.info("wrote shard %s.tar: %d samples", name, len(samples))
         yield f"{name}.tar", len(samples)
 
     def _write(self, shard_id: int, samples: list[Sample]) -> str:

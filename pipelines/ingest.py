@@ -19,7 +19,7 @@ import pyarrow as pa
 from curate.pipelines.specs import PIPELINES
 from pyarrow import feather
 
-from curate import fs
+from curate import fs, progress
 from curate.decisions import InputCount, write_decision_file
 from curate.ingest import guard, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
@@ -195,13 +195,15 @@ class DownloadShardFn(beam.DoFn):
                                 InputCount(task.shard_id, task.table_rows, task.shards, downloaded))
 
         t0 = time.perf_counter()
-        log.info("downloading shard %s%s", shard_name(task.shard_id), " (retrying its failed rows)" if task.retry else "")
+        if not progress.advance("ingest", 0, " rows", status=f"downloading {shard_name(task.shard_id)}"):
+            log.info("downloading shard %s%s", shard_name(task.shard_id), " (retrying its failed rows)" if task.retry else "")
         rows = self._download_shard(task, self._s, fs.join(self._out, RAW), on_rows=write_decisions)
         _remove_if_empty(fs.join(self._out, RAW, ".pending"))  # the last shard done leaves none behind
         ok = sum(r is None for r in rows.column("reason").to_pylist())
         seconds = time.perf_counter() - t0
-        log.info("ingested shard %s: %d of %d rows downloaded in %.1fs (%.0f rows/s)", shard_name(task.shard_id),
-                 ok, rows.num_rows, seconds, rows.num_rows / max(seconds, 1e-9))
+        if not progress.advance("ingest", rows.num_rows, " rows", status=f"{shard_name(task.shard_id)}: {ok} downloaded"):
+            log.info("ingested shard %s: %d of %d rows downloaded in %.1fs (%.0f rows/s)", shard_name(task.shard_id),
+                     ok, rows.num_rows, seconds, rows.num_rows / max(seconds, 1e-9))
         beam.metrics.Metrics.counter("curate", "ingest_rows").inc(rows.num_rows)
         beam.metrics.Metrics.counter("curate", "ingest_successes").inc(ok)
         yield shard_name(task.shard_id), rows.num_rows, ok

@@ -223,7 +223,7 @@ PIPELINES = {
         module="curate.pipelines.laion_filter",
         description="basic filters, CLIP score selection, exact and near-duplicate removal, curated shards",
         schema=LAION_FILTER_SCHEMA,
-        outputs=(RAW, "embeddings", "shards", "exports", "decisions", "report.json"),
+        outputs=(RAW, "embeddings", "shards", "exports", "decisions", "report.json", "report.html"),
         reads=("input", "scores", "decontaminate.eval_set", "exports_config"),
         about=("python -m curate.run --pipeline laion_filter --input RAW_SHARDS_OR_URL_TABLE --output OUTPUT",),
         notes={"ingest": "used when input is a URL table (parquet/csv/tsv/jsonl): ingested into OUTPUT/raw "
@@ -232,7 +232,7 @@ PIPELINES = {
         module="curate.pipelines.score",
         description="CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)",
         schema=SCORE_SCHEMA,
-        outputs=("embeddings", "decisions", "report.json"),
+        outputs=("embeddings", "decisions", "report.json", "report.html"),
         about=("python -m curate.run --pipeline score --input RAW_SHARDS --output OUTPUT",
                "Re-select later without the model: python -m curate.run --pipeline laion_filter --set scores=OUTPUT"),
         notes={"filters": "only the decoder's pixel cap: the other filters run at selection (laion_filter)",
@@ -242,7 +242,7 @@ PIPELINES = {
         description="curated shards -> CLIP WebDataset, FLAVA masked/unimodal shards, Chameleon tokens, "
                     "LLaVA JSON, BLIP-2 shards",
         schema=EXPORT_SCHEMA,
-        outputs=(*FORMATS, "decisions", "report.json"),
+        outputs=(*FORMATS, "decisions", "report.json", "report.html"),
         reads=("input", "flava.run_dir", "flava.codebook", "chameleon.vq_model", "chameleon.tokenizer"),
         about=("python -m curate.run --pipeline export --input OUT/shards --output EXPORT_DIR",
                "laion_filter reads the per-format sections below too (its `exports` list picks the formats).")),
@@ -250,7 +250,7 @@ PIPELINES = {
         module="curate.pipelines.ingest",
         description="URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset",
         schema=INGEST_PIPELINE_SCHEMA,
-        outputs=(RAW, "decisions", "report.json"),
+        outputs=(RAW, "decisions", "report.json", "report.html"),
         about=("python -m curate.run --pipeline ingest --input URL_TABLE --output OUTPUT   (writes OUTPUT/raw)",),
         notes={"ingest": "img2dataset's download settings; the resize defaults are DataComp's (longest side "
                          "512, never upscaled)"}),

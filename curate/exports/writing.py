@@ -13,6 +13,7 @@ from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
 from curate.filters.image import Decoded, decode_image
 from curate.io import TarReadError, dumps_json, shard_stem, write_bytes, write_tar
+from curate.progress import advance
 from curate.shards import write_sizes
 from curate.timing import timed
 
@@ -60,7 +61,8 @@ def shard_name(path: str) -> str:
 
 def progress(out_dir: str, name: str, samples: int) -> None:
     """One line per exported shard: long exports show where they are."""
-    log.info("exported %s/%s: %d samples", out_dir, name, samples)
+    if not advance(f"export {fs.basename(out_dir)}", samples, status=name):
+        log.info("exported %s/%s: %d samples", out_dir, name, samples)
 
 
 def write_json(path: str, obj) -> str:
