@@ -1,4 +1,5 @@
-"""Selection by CLIP score: absolute threshold (LAION), per-language thresholds, top fraction (DataComp).
+"""Selection by CLIP score: absolute threshold (LAION), per-language thresholds, top fraction (DataComp),
+top fraction within each language.
 
 Pure functions over scored samples; the pipeline applies exactly one mode (``select.mode``).
 """
@@ -100,6 +101,38 @@ def fraction_cut(histogram: Iterable[tuple[float, int]], fraction: float) -> Fra
             return FractionCut(score, n - above, counts[score])
         above += counts[score]
     return FractionCut(None)
+
+
+def fraction_group(sample: Sample, by_language: bool, detect: bool = True) -> str:
+    """Where a top fraction is taken: the whole corpus (""), or, for ``select.mode:
+    language_fraction``, the sample's language ("" when it has none). Multilingual CLIP scores differ
+    in scale between languages (LAION-5B set 0.28 for English and 0.26 for the rest), so one global
+    cut keeps mostly the best-scored language; a cut per language keeps the same share of each."""
+    return (language_of(sample, detect) or "") if by_language else ""
+
+
+def top_fraction_by_language(samples: list[Sample], fraction: float, detect: bool = True
+                             ) -> tuple[list[Sample], list[Sample], dict[str, float | None]]:
+    """``top_fraction`` within each language (``fraction_group``): (kept, dropped, the lowest kept
+    score per language). The rule on a list in memory; the pipeline uses ``fraction_cuts``."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(fraction_group(sample, True, detect), []).append(sample)
+    kept, dropped, cutoffs = [], [], {}
+    for group, members in groups.items():
+        k, d, cutoffs[group] = top_fraction(members, fraction)
+        kept += k
+        dropped += d
+    return kept, dropped, cutoffs
+
+
+def fraction_cuts(histogram: Iterable[tuple[tuple[str, float], int]], fraction: float) -> dict[str, FractionCut]:
+    """``fraction_cut`` per group from ((group, score), count) pairs: one cut per language (or one for
+    the corpus, group "")."""
+    by_group: dict[str, list[tuple[float, int]]] = {}
+    for (group, score), count in histogram:
+        by_group.setdefault(group, []).append((score, count))
+    return {group: fraction_cut(pairs, fraction) for group, pairs in by_group.items()}
 
 
 def last_kept_tie(ties: list[tuple[str, tuple[int, int]]], cut: FractionCut) -> tuple[str, tuple[int, int]]:

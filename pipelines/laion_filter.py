@@ -90,64 +90,94 @@ TIED = "tied"
 
 
 class TopFractionFn(beam.DoFn):
-    """A scored sample against the top-fraction cut (side inputs, ``select.in_top_fraction``): kept
-    (main, a copy that carries the cut score as its ``clip_threshold``) or dropped (a decision row);
-    a sample tied at the cut score while ``last_tie`` is not known yet goes on under tag 'tied'."""
+    """A scored sample against its group's top-fraction cut (side inputs, ``select.in_top_fraction``):
+    kept (main, a copy that carries the cut score as its ``clip_threshold``) or dropped (a decision
+    row); a sample tied at the cut score while ``last_ties`` is not known yet goes on under 'tied'."""
 
-    def process(self, sample, cut, last_tie=None):
-        keep = select.in_top_fraction(sample, cut, last_tie)
+    def __init__(self, by_language: bool = False, detect: bool = False):
+        self._by_language, self._detect = by_language, detect
+
+    def process(self, sample, cuts, last_ties=None):
+        group = select.fraction_group(sample, self._by_language, self._detect)
+        cut = cuts.get(group, select.FractionCut(None))
+        keep = select.in_top_fraction(sample, cut, None if last_ties is None else last_ties.get(group))
         if keep is None:
             yield TIED, sample
         elif keep:
             yield MAIN, dataclasses.replace(sample, clip_threshold=cut.score)
         else:
-            yield DECISIONS, decision(sample, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cut.score)
+            # the language only where it chose the cut: rows of the global mode stay as they were
+            language = {"language": group or None} if self._by_language else {}
+            yield DECISIONS, decision(sample, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION,
+                                      clip_threshold=cut.score, **language)
 
 
-def _tie_key(sample: Sample, cut: select.FractionCut):
-    """(key, input order) of a sample tied at the cut score when only some ties are kept."""
-    if select.in_top_fraction(sample, cut) is None:
-        yield sample.key, sample.order
+def _tie_key(sample: Sample, cuts: dict, group):
+    """(group, (key, input order)) of a sample tied at its group's cut score when only some ties are kept."""
+    g = group(sample)
+    if select.in_top_fraction(sample, cuts.get(g, select.FractionCut(None))) is None:
+        yield g, (sample.key, sample.order)
+
+
+def _last_kept_ties(ties, cuts: dict) -> dict:
+    """{group: select.last_kept_tie} from (group, (key, input order)) of every tied sample."""
+    by_group: dict[str, list] = {}
+    for group, tie in ties:
+        by_group.setdefault(group, []).append(tie)
+    return {group: select.last_kept_tie(t, cuts[group]) for group, t in by_group.items()}
+
+
+class _Group:
+    """sample -> the group its top fraction is taken in (``select.fraction_group``); picklable."""
+
+    def __init__(self, by_language: bool, detect: bool):
+        self._by_language, self._detect = by_language, detect
+
+    def __call__(self, sample: Sample) -> str:
+        return select.fraction_group(sample, self._by_language, self._detect)
 
 
 class TopFraction(beam.PTransform):
-    """DataComp's top fraction (``select.top_fraction``) without gathering samples or scores.
+    """DataComp's top fraction (``select.top_fraction``), of the corpus or of each language
+    (``select.top_fraction_by_language``), without gathering samples or scores.
 
-    What meets on one worker: the score histogram (one (score, count) pair per distinct score;
-    scores are stored to 4 decimals, so at most 20,001 pairs however large the corpus), and, only
-    when the cut falls inside a run of equal scores, the (key, input order) of the samples scoring
-    exactly the cut score (grows with the number of such ties, not with the corpus). Every sample is
-    decided where it is, against the cut as a side input. Returns passed (main) and 'decisions'.
+    What meets on one worker: the score histogram (one (group, score, count) per distinct score of a
+    group; scores are stored to 4 decimals, so at most 20,001 per language however large the
+    corpus), and, only when a cut falls inside a run of equal scores, the (key, input order) of the
+    samples scoring exactly that cut score (grows with the number of such ties, not with the
+    corpus). Every sample is decided where it is, against the cuts as a side input. Returns passed
+    (main) and 'decisions'.
     """
 
-    def __init__(self, fraction: float):
+    def __init__(self, fraction: float, by_language: bool = False, detect: bool = False):
         super().__init__()
-        self._fraction = fraction
+        self._fraction, self._by_language, self._detect = fraction, by_language, detect
 
     def expand(self, samples):
+        group = _Group(self._by_language, self._detect)
         # counted per input shard first, then per score: no group grows past an input shard's
         # samples or the number of input shards, however skewed the scores are. A sample counts once
         # by its input position: Beam 2.77's DaskRunner delivered some samples twice to this branch
         # (tests/test_runners.py runs fraction mode there), which moved the cut.
         histogram = (samples
-                     | "ScoreByInputShard" >> beam.Map(lambda s: (s.shard_index, (s.member_index, s.clip_score)))
+                     | "ScoreByInputShard" >> beam.Map(lambda s: (s.shard_index, (s.member_index, (group(s), s.clip_score))))
                      | "GroupInputShard" >> beam.GroupByKey()
                      | "CountInShard" >> beam.FlatMapTuple(lambda _, scores: Counter(dict(scores).values()).items())
                      | "GroupScore" >> beam.GroupByKey()
                      | "Count" >> beam.MapTuple(lambda score, counts: (score, sum(counts)))
                      | "GatherHistogram" >> GatherSmall())
-        cut = beam.pvalue.AsSingleton(histogram | "Cut" >> beam.Map(select.fraction_cut, self._fraction),
-                                      default_value=select.FractionCut(None))
-        first = split(samples | "AboveOrBelow" >> beam.ParDo(TopFractionFn(), cut),
-                      "AboveOrBelow", "passed", DECISIONS, TIED)
+        cuts = beam.pvalue.AsSingleton(histogram | "Cut" >> beam.Map(select.fraction_cuts, self._fraction),
+                                       default_value={})
+        decide = TopFractionFn(self._by_language, self._detect)
+        first = split(samples | "AboveOrBelow" >> beam.ParDo(decide, cuts), "AboveOrBelow", "passed", DECISIONS, TIED)
         # tie keys come from the samples, not from 'tied': on Beam 2.77's DaskRunner a side input
         # built from the same ParDo as its main input (AboveOrBelow) held every tie twice
-        last_tie = beam.pvalue.AsSingleton(
+        last_ties = beam.pvalue.AsSingleton(
             samples
-            | "TieKeys" >> beam.FlatMap(_tie_key, cut)
+            | "TieKeys" >> beam.FlatMap(_tie_key, cuts, group)
             | "GatherTies" >> GatherSmall()
-            | "LastKeptTie" >> beam.Map(select.last_kept_tie, cut), default_value=None)
-        ties = split(first.tied | "BreakTies" >> beam.ParDo(TopFractionFn(), cut, last_tie), "BreakTies", "passed")
+            | "LastKeptTie" >> beam.Map(_last_kept_ties, cuts), default_value={})
+        ties = split(first.tied | "BreakTies" >> beam.ParDo(decide, cuts, last_ties), "BreakTies", "passed")
         return SimpleNamespace(passed=(first.passed, ties.passed) | "Passed" >> beam.Flatten(),
                                decisions=(first.decisions, ties.decisions) | "Decisions" >> beam.Flatten())
 
@@ -161,8 +191,9 @@ class SelectByScore(beam.PTransform):
 
     def expand(self, samples):
         cfg, mode = self._cfg, self._cfg["select.mode"]
-        if mode == "fraction":
-            return samples | "TopFraction" >> TopFraction(cfg["select.fraction"])
+        if mode in ("fraction", "language_fraction"):
+            return samples | "TopFraction" >> TopFraction(cfg["select.fraction"], mode == "language_fraction",
+                                                          cfg["select.detect_language"])
         by_language = cfg["select.language_thresholds"] if mode == "language" else None
         return split(samples | "Threshold" >> beam.ParDo(ThresholdFn(
             cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])), "Threshold", "passed")

@@ -151,7 +151,9 @@ LAION_FILTER_SCHEMA: Schema = {
                                            "click here, ...)", default=True),
     **SCORER_SCHEMA,
     "select.mode": Option(str, "threshold: absolute cosine (LAION); language: per-language thresholds; "
-                          "fraction: top fraction of the corpus (DataComp)", choices=("threshold", "language", "fraction"),
+                          "fraction: top fraction of the corpus (DataComp); language_fraction: top fraction "
+                          "within each caption language", choices=("threshold", "language", "fraction",
+                                                                    "language_fraction"),
                           default="threshold"),
     "select.clip_threshold": Option(float, "mode threshold: drop pairs whose image-text cosine is below this (the "
                                     "default suits the demo scorer; LAION used 0.28 with ViT-B/32)",
@@ -161,8 +163,9 @@ LAION_FILTER_SCHEMA: Schema = {
                                          "0.26 others with multilingual CLIP)", min=-1, max=1,
                                          required=(DEFAULT_LANGUAGE_KEY,),
                                          default={"en": 0.6, DEFAULT_LANGUAGE_KEY: 0.6}),
-    "select.fraction": Option(float, "mode fraction: keep this share of the scored, filtered corpus (DataComp's "
-                              "CLIP-score top 30%)", min=0, max=1, default=0.3),
+    "select.fraction": Option(float, "modes fraction and language_fraction: keep this share of the scored, "
+                              "filtered corpus, or of each language (DataComp's CLIP-score top 30%)",
+                              min=0, max=1, default=0.3),
     "dedup.exact": Option(bool, "drop samples whose image bytes repeat (sha256)", default=True),
     "dedup.near": Option(bool, "drop near-duplicate images (by dedup.near_method)", default=True),
     "dedup.near_threshold": Option(float, "image cosine at or above which two images are near duplicates "

@@ -2,6 +2,7 @@
 import dataclasses
 import glob
 import json
+import math
 import os
 import random
 from collections import Counter
@@ -118,6 +119,51 @@ def test_top_fraction_transform_equals_the_pure_rule(n, levels, fraction):
         selected = p | beam.Create(samples) | laion_filter.TopFraction(fraction)
         assert_that(selected.passed, equal_to(kept), label="kept")
         assert_that(selected.decisions, equal_to(dropped), label="dropped")
+
+
+def languages_corpus(n, seed):
+    """tied_corpus with a language per sample, the scores of one language lower than the others'
+    (as a CLIP scores the languages it saw less), and some samples without a language."""
+    rng = random.Random(seed)
+    out = []
+    for x in tied_corpus(n, seed, levels=9):
+        lang = rng.choice(["en", "en", "en", "th", "ar", None])
+        score = stable(x.clip_score - 0.3) if lang == "th" else x.clip_score
+        out.append(dataclasses.replace(x, language=lang, clip_score=score))
+    return out
+
+
+def test_language_fraction_keeps_the_same_share_of_every_language():
+    samples = languages_corpus(300, seed=3)
+    kept, dropped, cutoffs = select.top_fraction_by_language(samples, 0.3, detect=False)
+    assert len(kept) + len(dropped) == len(samples)
+    for lang in ("en", "th", "ar", None):
+        n = sum(x.language == lang for x in samples)
+        assert sum(x.language == lang for x in kept) == math.ceil(0.3 * n)
+    assert cutoffs["th"] < cutoffs["en"]  # the low-scored language keeps its share at its own cut
+    # one global cut keeps almost none of it
+    assert sum(x.language == "th" for x in select.top_fraction(samples, 0.3)[0]) < 0.3 * sum(
+        x.language == "th" for x in samples) / 2
+
+
+@pytest.mark.parametrize("n,fraction", [(0, 0.5), (120, 0.3), (120, 1e-9), (200, 0.5)])
+def test_language_fraction_transform_equals_the_pure_rule(n, fraction):
+    """The Beam composite with a cut per language (histogram and ties per language, on one worker)
+    decides every sample as select.top_fraction_by_language does."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    samples = languages_corpus(n, seed=n + 1)
+    kept, dropped, cutoffs = select.top_fraction_by_language(samples, fraction, detect=False)
+    group = lambda x: x.language or ""  # noqa: E731
+    want_kept = [dataclasses.replace(x, clip_threshold=cutoffs[group(x)]) for x in kept]
+    want_dropped = [decision(x, False, CLIP_SCORE, select.OUTSIDE_TOP_FRACTION, clip_threshold=cutoffs[group(x)],
+                             language=x.language) for x in dropped]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        selected = p | beam.Create(samples) | laion_filter.TopFraction(fraction, by_language=True)
+        assert_that(selected.passed, equal_to(want_kept), label="kept")
+        assert_that(selected.decisions, equal_to(want_dropped), label="dropped")
 
 
 def test_rounding_is_not_batch_invariant_but_decisions_on_stored_scores_are_reproducible():
