@@ -108,7 +108,103 @@ VOCAB = {
                      "center": "в центре"},
         "and": "и",
     },
+    # The languages below are not in LANGUAGES (the default corpus stays as it is); each renders a
+    # group through its "template" (``_phrase``): nouns are (one, two, three-or-more) forms, as many
+    # as the language tells apart; a count given as (masculine, feminine) agrees with the noun; groups
+    # are joined by "join". Every concept word is an entry of configs/metadata/<language>.txt.
+    "pt": {
+        "shape": {"circle": ("círculo", "círculos"), "square": ("quadrado", "quadrados"),
+                  "triangle": ("triângulo", "triângulos"), "star": ("estrela", "estrelas"),
+                  "hexagon": ("hexágono", "hexágonos"), "cross": ("cruz", "cruzes")},
+        "colour": {"red": "vermelho", "green": "verde", "blue": "azul", "yellow": "amarelo",
+                   "purple": "roxo", "orange": "laranja", "white": "branco", "black": "preto"},
+        "size": {"small": "pequeno", "large": "grande"},
+        "count": {1: ("um", "uma"), 2: ("dois", "duas"), 3: ("três", "três")},
+        "feminine": {"star", "cross"},
+        "position": {"left": "à esquerda", "right": "à direita", "top": "em cima", "bottom": "embaixo",
+                     "center": "no centro"},
+        "template": "{count} {noun} ({colour}, {size}) {position}",
+        "join": " e ",
+    },
+    "ar": {
+        # (one, two: the dual, three: the plural); "one" and "two" follow the noun, "three" precedes it.
+        "shape": {"circle": ("دائرة", "دائرتان", "دوائر"), "square": ("مربع", "مربعان", "مربعات"),
+                  "triangle": ("مثلث", "مثلثان", "مثلثات"), "star": ("نجمة", "نجمتان", "نجوم"),
+                  "hexagon": ("مسدس", "مسدسان", "مسدسات"), "cross": ("صليب", "صليبان", "صلبان")},
+        "colour": {"red": "أحمر", "green": "أخضر", "blue": "أزرق", "yellow": "أصفر",
+                   "purple": "بنفسجي", "orange": "برتقالي", "white": "أبيض", "black": "أسود"},
+        "size": {"small": "صغير", "large": "كبير"},
+        # Numerals 3-10 take the opposite gender of their noun: ثلاثة مربعات, ثلاث دوائر.
+        "count": {1: ("واحد", "واحدة"), 2: ("اثنان", "اثنتان"), 3: ("ثلاثة", "ثلاث")},
+        "feminine": {"circle", "star"},
+        "position": {"left": "على اليسار", "right": "على اليمين", "top": "في الأعلى",
+                     "bottom": "في الأسفل", "center": "في الوسط"},
+        "template": {1: "{noun} {count} ({colour}، {size}) {position}",
+                     2: "{noun} {count} ({colour}، {size}) {position}",
+                     3: "{count} {noun} ({colour}، {size}) {position}"},
+        "join": " و",  # و is written attached to the next word
+    },
+    "hi": {
+        "shape": {"circle": ("वृत्त", "वृत्त"), "square": ("वर्ग", "वर्ग"), "triangle": ("त्रिभुज", "त्रिभुज"),
+                  "star": ("तारा", "तारे"), "hexagon": ("षट्भुज", "षट्भुज"), "cross": ("क्रॉस", "क्रॉस")},
+        "colour": {"red": "लाल", "green": "हरा", "blue": "नीला", "yellow": "पीला",
+                   "purple": "बैंगनी", "orange": "नारंगी", "white": "सफ़ेद", "black": "काला"},
+        "size": {"small": "छोटा", "large": "बड़ा"},
+        "count": {1: "एक", 2: "दो", 3: "तीन"},
+        "position": {"left": "बाईं ओर", "right": "दाईं ओर", "top": "ऊपर", "bottom": "नीचे",
+                     "center": "बीच में"},
+        "template": "{count} {noun} ({colour}, {size}) {position}",
+        "join": " और ",
+    },
+    "zh": {
+        "shape": {"circle": ("圆形",), "square": ("正方形",), "triangle": ("三角形",), "star": ("星形",),
+                  "hexagon": ("六边形",), "cross": ("十字形",)},
+        "colour": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
+                   "purple": "紫色", "orange": "橙色", "white": "白色", "black": "黑色"},
+        "size": {"small": "小", "large": "大"},
+        "count": {1: "一个", 2: "两个", 3: "三个"},
+        "position": {"left": "左边", "right": "右边", "top": "上边", "bottom": "下边", "center": "中间"},
+        "template": "{position}有{count}{size}的{colour}{noun}",
+        "join": "，",
+    },
+    "ja": {
+        "shape": {"circle": ("円",), "square": ("正方形",), "triangle": ("三角形",), "star": ("星",),
+                  "hexagon": ("六角形",), "cross": ("十字",)},
+        "colour": {"red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い",
+                   "purple": "紫の", "orange": "オレンジ色の", "white": "白い", "black": "黒い"},
+        "size": {"small": "小さい", "large": "大きい"},
+        "count": {1: "一つ", 2: "二つ", 3: "三つ"},
+        "position": {"left": "左", "right": "右", "top": "上", "bottom": "下", "center": "中央"},
+        "template": "{position}に{size}{colour}{noun}が{count}",
+        "join": "、",
+    },
+    "ko": {
+        "shape": {"circle": ("원",), "square": ("정사각형",), "triangle": ("삼각형",), "star": ("별",),
+                  "hexagon": ("육각형",), "cross": ("십자가",)},
+        "colour": {"red": "빨간", "green": "초록색", "blue": "파란", "yellow": "노란",
+                   "purple": "보라색", "orange": "주황색", "white": "흰", "black": "검은"},
+        "size": {"small": "작은", "large": "큰"},
+        "count": {1: "한", 2: "두", 3: "세"},
+        "position": {"left": "왼쪽", "right": "오른쪽", "top": "위쪽", "bottom": "아래쪽", "center": "가운데"},
+        # {subject}: the noun with its subject particle (원이, 십자가가), as Korean writes it.
+        "template": "{position}에 {size} {colour} {subject} {count} 개",
+        "join": ", ",
+    },
+    "th": {
+        "shape": {"circle": ("วงกลม",), "square": ("สี่เหลี่ยมจัตุรัส",), "triangle": ("สามเหลี่ยม",),
+                  "star": ("ดาว",), "hexagon": ("หกเหลี่ยม",), "cross": ("กากบาท",)},
+        "colour": {"red": "สีแดง", "green": "สีเขียว", "blue": "สีน้ำเงิน", "yellow": "สีเหลือง",
+                   "purple": "สีม่วง", "orange": "สีส้ม", "white": "สีขาว", "black": "สีดำ"},
+        "size": {"small": "เล็ก", "large": "ใหญ่"},
+        "count": {1: "หนึ่ง", 2: "สอง", 3: "สาม"},
+        "position": {"left": "ทางซ้าย", "right": "ทางขวา", "top": "ด้านบน", "bottom": "ด้านล่าง",
+                     "center": "ตรงกลาง"},
+        "template": "{noun}{colour}{size}{count}อัน {position}",  # อัน: the general classifier
+        "join": " และ ",
+    },
 }
+# Every language a caption can be rendered in; the default corpus draws from LANGUAGES only.
+ALL_LANGUAGES = [*LANGUAGES, "pt", "ar", "hi", "zh", "ja", "ko", "th"]
 
 BOILERPLATE = ["IMG_{n:04d}.jpg", "DSC{n:05d}.JPG", "click here", "click here to enlarge",
                "image", "untitled", "photo", "stock photo", "no description available",
@@ -158,8 +254,32 @@ def make_scene(rng: np.random.Generator) -> list[Group]:
     return [first, second]
 
 
+def _korean_subject(noun: str) -> str:
+    """The noun with its subject particle: 이 after a final consonant (batchim), else 가."""
+    final = (ord(noun[-1]) - 0xAC00) % 28 if "\uac00" <= noun[-1] <= "\ud7a3" else 0
+    return noun + ("이" if final else "가")
+
+
+def _phrase(g: Group, lang: str) -> str:
+    """One group in a language with a "template" (see VOCAB)."""
+    v = VOCAB[lang]
+    forms = v["shape"][g.shape]
+    noun = forms[min(g.count, len(forms)) - 1]
+    count = v["count"][g.count]
+    if isinstance(count, tuple):  # (masculine, feminine)
+        count = count[g.shape in v.get("feminine", ())]
+    template = v["template"] if isinstance(v["template"], str) else v["template"][g.count]
+    fields = {"count": count, "noun": noun, "colour": v["colour"][g.colour], "size": v["size"][g.size],
+              "position": v["position"][g.position]}
+    if "{subject}" in template:
+        fields["subject"] = _korean_subject(noun)
+    return template.format(**fields)
+
+
 def caption(groups: list[Group], lang: str) -> str:
     v = VOCAB[lang]
+    if "template" in v:
+        return v["join"].join(_phrase(g, lang) for g in groups)
     parts = []
     for g in groups:
         noun = v["shape"][g.shape][0 if g.count == 1 else 1]
