@@ -25,7 +25,7 @@ def test_open_clip_train_reads_the_curated_shards(curated, tmp_path):
     first, last = os.path.basename(tars[0])[:-4], os.path.basename(tars[-1])[:-4]
     train_data = str(curated / "shards" / f"{{{first}..{last}}}.tar")
     # No --train-num-samples: open_clip_train takes the dataset size from sizes.json beside the tars.
-    code = ("from curate.models.clip import register_demo_config; register_demo_config(); "
+    code = ("from curate.models.clip import register_model_configs; register_model_configs(); "
             "import sys, open_clip_train.main as m; m.main(sys.argv[1:])")
     p = subprocess.run([sys.executable, "-c", code, "--train-data", train_data, "--dataset-type", "webdataset",
                         "--model", "curate-demo-64", "--batch-size", "32", "--epochs", "1", "--workers", "1",

@@ -15,7 +15,10 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
 DEMO_MODEL = "curate-demo-64"
-DEMO_CONFIG = str(Path(__file__).with_name(f"{DEMO_MODEL}.json"))
+# curate's own architectures (open_clip model configs): the demo scorer's, and the smaller one
+# curate.quality trains many times.
+MODEL_CONFIGS = Path(__file__).parent
+TINY_MODEL = "curate-tiny-64"
 DEMO_CHECKPOINT = str(Path(__file__).with_name("demo_scorer.pt"))
 # pretrained values that are not open_clip tags
 DEMO, RANDOM = "demo", "random"
@@ -25,10 +28,10 @@ class ModelLoadError(RuntimeError):
     """The model name or its weights cannot be resolved; the message says what to do."""
 
 
-def register_demo_config() -> None:
-    """Make the demo scorer's architecture known to open_clip (and so to open_clip_train)."""
-    if DEMO_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(DEMO_CONFIG)
+def register_model_configs() -> None:
+    """Make curate's architectures (curate/models/*.json) known to open_clip and so to open_clip_train."""
+    if not {DEMO_MODEL, TINY_MODEL} <= set(open_clip.list_models()):
+        open_clip.add_model_config(MODEL_CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class ScorerSpec:
 
 def validate(spec: ScorerSpec) -> None:
     """Fail before any work with one line that says how to fix the model settings."""
-    register_demo_config()
+    register_model_configs()
     if spec.model not in open_clip.list_models():
         raise ModelLoadError(f"unknown open_clip model {spec.model!r}; choose one of open_clip.list_models() "
                              f"(e.g. ViT-B-32) or {DEMO_MODEL}")
@@ -109,7 +112,7 @@ def load_model(spec: ScorerSpec) -> torch.nn.Module:
 
 def preprocess_cfg(spec: ScorerSpec) -> PreprocessCfg:
     """The eval transform's settings, derived from configs alone (no weights are loaded)."""
-    register_demo_config()
+    register_model_configs()
     size = open_clip.get_model_config(spec.model)["vision_cfg"]["image_size"]
     merged = merge_preprocess_dict(PreprocessCfg(size=size), {})
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained) if spec.pretrained else {}
@@ -158,7 +161,7 @@ def to_device_floats(images: torch.Tensor, spec: ScorerSpec, device: str) -> tor
 
 @lru_cache(maxsize=8)
 def tokenizer(model: str):
-    register_demo_config()
+    register_model_configs()
     return open_clip.get_tokenizer(model)
 
 

@@ -27,7 +27,7 @@ import time
 import torch
 
 from curate import synth
-from curate.models.clip import DEMO_CHECKPOINT, DEMO_MODEL, register_demo_config
+from curate.models.clip import DEMO_CHECKPOINT, DEMO_MODEL, register_model_configs
 
 TRAIN_SEED = 1000  # the corpus seeds used by tests and demos (0, 1, ...) stay held out
 
@@ -42,7 +42,7 @@ def train(work: str, samples: int, epochs: int, batch_size: int, lr: float) -> d
     shards = sorted(glob.glob(os.path.join(data, "*.tar")))
     pattern = os.path.join(data, "{%s..%s}.tar" % (os.path.basename(shards[0])[:-4],
                                                     os.path.basename(shards[-1])[:-4]))
-    register_demo_config()
+    register_model_configs()
     name = f"demo-{int(time.time())}"
     trainer.main([
         "--train-data", pattern, "--train-num-samples", str(samples), "--dataset-type", "webdataset",
@@ -106,7 +106,7 @@ def finetune_instance_aware(state: dict, shard_dir: str, epochs: int = 1, batch_
     from curate.models.clip import ScorerSpec, image_transform, tokenizer
 
     spec = ScorerSpec()
-    register_demo_config()
+    register_model_configs()
     model = open_clip.create_model(DEMO_MODEL)
     model.load_state_dict(state)
     model.train()
