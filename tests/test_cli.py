@@ -268,7 +268,7 @@ def curated(tmp_path_factory):
 
 @pytest.mark.parametrize("args,expect", [
     (["--pipeline", "export", "--input", "{out}/shards", "--set", "formats=[contrastive]"],
-     "holds a laion_filter run (decisions, report.json); --overwrite replaces only an earlier export run"),
+     "holds a laion_filter run (decisions, report.json, report.html); --overwrite replaces only an earlier export run"),
     (["--pipeline", "export", "--input", "{out}/shards", "--set", "formats=[flava]"],
      "holds decisions, which this run reads (flava.run_dir={out})"),
     (["--pipeline", "laion_filter", "--input", "{out}/shards"], "holds shards, which this run reads (input={out}/shards)"),

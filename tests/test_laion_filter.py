@@ -189,8 +189,8 @@ def test_selection_passes_a_copy_that_carries_its_threshold():
     [(_, by_language)] = list(ThresholdFn(0.9, {"en": 0.2, "default": 0.4}).process(sample))
     assert by_language.clip_threshold == 0.2
     other = Sample(key="b", shard_index=0, shard_path="s.tar", member_index=1, caption="x", clip_score=0.1)
-    cut = fraction_cut([(sample.clip_score, 1), (other.clip_score, 1)], 0.5)
-    [(tag, top)], [(_, dropped_row)] = TopFractionFn().process(sample, cut), TopFractionFn().process(other, cut)
+    cuts = {"": fraction_cut([(sample.clip_score, 1), (other.clip_score, 1)], 0.5)}  # one group: the corpus
+    [(tag, top)], [(_, dropped_row)] = TopFractionFn().process(sample, cuts), TopFractionFn().process(other, cuts)
     assert tag == "main" and top.clip_threshold == dropped_row["clip_threshold"] == 0.5
     assert decision(top, True, "write")["clip_threshold"] == 0.5
     assert decision(sample, True, "write")["caption_chars"] == len("a red circle")
