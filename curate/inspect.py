@@ -166,6 +166,8 @@ def write_image(row: dict, path: str) -> str:
     if image is None:
         raise InspectError(f"{row['key']} has no image to write: its input shard holds no image member for it "
                            f"({row['source_shard']} #{row['source_index']})")
+    from curate import fs
+    fs.makedirs(fs.dirname(fs.abspath(path)))  # --image into a folder not made yet
     write_bytes(path, image[1])
     return f"wrote {row['key']}.{image[0]} ({len(image[1]):,} bytes) to {path}"
 

@@ -69,7 +69,7 @@ def test_a_decode_failure_and_a_low_score_show_their_values_and_settings(tiny, c
 
 def test_image_is_written_as_the_input_holds_it(tiny, capsys, tmp_path):
     out, _, inputs = tiny
-    path = str(tmp_path / "en-1.jpg")
+    path = str(tmp_path / "not" / "made" / "en-1.jpg")  # the folder is made
     status, text = story(capsys, out, "en-1", "--image", path)
     assert status == 0 and f"to {path}" in text
     with open(path, "rb") as f:

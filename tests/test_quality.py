@@ -186,7 +186,71 @@ def test_given_subsets_and_a_foreign_eval_set_written_by_clip_benchmark(box, tmp
     assert "| mine | " in _read(os.path.join(q, "results.md"))
 
 
+def _tar(path, members):
+    import webdataset as wds
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with wds.TarWriter(path) as w:
+        for m in members:
+            w.write(m)
+    return os.path.dirname(path)
+
+
+def _eval_set(folder, classnames=True, templates=True):
+    os.makedirs(os.path.join(folder, "test"))
+    _tar(os.path.join(folder, "test", "0.tar"), [{"__key__": "a", "jpg": synth.encode_jpeg(
+        Image.new("RGB", (8, 8)), 90), "cls": "0"}])
+    with open(os.path.join(folder, "test", "nshards.txt"), "w") as f:
+        f.write("1\n")
+    for name, wanted in (("classnames.txt", classnames), ("zeroshot_classification_templates.txt", templates)):
+        if wanted:
+            with open(os.path.join(folder, name), "w") as f:
+                f.write("{c}\n" if "templates" in name else "thing\n")
+    return folder
+
+
+def test_inputs_open_clip_train_cannot_read_stop_before_any_work(tmp_path, capsys):
+    """A caption under another key than txt, keys with dots (WebDataset keys end at the first dot)
+    and an empty tar: open_clip_train's resampled loader would wait forever on them."""
+    image = synth.encode_jpeg(Image.new("RGB", (8, 8)), 90)
+    cases = {"caption": [{"__key__": "a", "jpg": image, "caption": "a red circle"}],
+             "dotted": [{"__key__": "img.0001.v2", "jpg": image, "txt": "a red circle"}],
+             "empty": []}
+    for name, members in cases.items():
+        folder = _tar(str(tmp_path / name / "0.tar"), members)
+        out = tmp_path / f"q-{name}"
+        assert main(["--out", str(out), "--subset", f"x={folder}"]) == 2
+        assert "no sample with an image (jpg, png, jpeg, webp) and a txt caption" in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_eval_sets_are_checked_before_any_work_and_named_in_full(tmp_path, capsys):
+    _eval_set(str(tmp_path / "a" / "same"))
+    _eval_set(str(tmp_path / "b" / "same"))
+    out = tmp_path / "q"
+    assert main(["--out", str(out), "--eval", str(tmp_path / "a"), "--eval", str(tmp_path / "b")]) == 2
+    assert "two --eval datasets share a folder name" in capsys.readouterr().err and not out.exists()
+    _eval_set(str(tmp_path / "c" / "notemplates"), templates=False)
+    assert main(["--out", str(out), "--eval", str(tmp_path / "c")]) == 2
+    assert "needs zeroshot_classification_templates.txt" in capsys.readouterr().err and not out.exists()
+    named = discover(_eval_set(str(tmp_path / "d" / "imagenet_sketch")))[0]
+    assert (named.task, named.language) == ("imagenet_sketch", None)
+    assert [(d.task, d.language) for d in discover(str(tmp_path / "a"))] == [("same", None)]
+
+
+def test_the_same_folders_named_otherwise_resume(box, capsys, monkeypatch):
+    """--subset raw=raw and raw=/abs/raw/ are one folder: the settings match, nothing retrains."""
+    out, _ = box
+    q = os.path.join(os.path.dirname(out), "given")
+    shards = os.path.join(out, "subsets", "curated", "shards")
+    args = ["--seeds", "1", "--samples-seen", "64", "--eval", os.path.join(out, "eval", "size_en"), "--out", q]
+    assert main(["--subset", f"c={shards}/", *args]) == 0
+    monkeypatch.chdir(os.path.dirname(shards))
+    assert main(["--subset", "c=shards", *args]) == 0
+    assert "reusing" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "--lr must be above 0"),
     (["--subset", "raw"], "expected NAME=DIR"),
     (["--subset", "raw=/nonexistent/folder"], "is not a folder of .tar shards"),
     (["--eval", "/nonexistent/eval"], "not a folder"),

@@ -23,7 +23,13 @@ import time
 from curate.models.clip import TINY_MODEL
 from curate.quality import evalsets, results, subsets
 from curate.quality.evaluate import EvalSuiteError, discover, evaluate_checkpoint
-from curate.quality.training import Subset, TrainSettings, samples_seen_for, train
+from curate.quality.training import (
+    Subset,
+    TrainSettings,
+    samples_seen_for,
+    train,
+    trainable_samples,
+)
 
 POOL_SEED, EVAL_SEED = 2000, 3000  # apart from the tests' corpora (0, 1, ...) and the demo scorer's (1000)
 SETTINGS = "settings.json"
@@ -34,7 +40,8 @@ class QualityError(ValueError):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m curate.quality", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m curate.quality", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", default="quality", help="output folder (default: ./quality)")
     ap.add_argument("--subset", action="append", default=[], metavar="NAME=DIR",
                     help="a training subset: a folder of WebDataset tars (repeat; none = DataComp in a box)")
@@ -44,8 +51,9 @@ def parse_args(argv):
     ap.add_argument("--seeds", type=int, default=3, help="training runs per subset (seeds 0..N-1)")
     ap.add_argument("--samples-seen", type=int, default=24000, help="samples every training run sees")
     ap.add_argument("--model", default=TINY_MODEL, help="open_clip architecture trained from scratch")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64, help="open_clip_train's batch size")
+    ap.add_argument("--lr", type=float, default=1e-3, help="open_clip_train's peak learning rate (cosine schedule, "
+                    "5%% warm-up)")
     ap.add_argument("--workers", type=int, default=2, help="open_clip_train data-loader workers (decoding runs there)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     box = ap.add_argument_group("DataComp in a box (no --subset)")
@@ -67,9 +75,12 @@ def _subsets(args) -> list[Subset]:
             raise QualityError(f"--subset {item!r}: expected NAME=DIR (NAME: letters, digits, _ . -)")
         if name in names:
             raise QualityError(f"--subset {name} is given twice")
-        subset = Subset(name, path)
+        subset = Subset(name, os.path.normpath(os.path.abspath(path)))
         if not os.path.isdir(path) or not subset.tars():
             raise QualityError(f"--subset {item}: {path} is not a folder of .tar shards")
+        if not any(trainable_samples(tar) for tar in subset.tars()):
+            raise QualityError(f"--subset {item}: no sample with an image (jpg, png, jpeg, webp) and a txt caption "
+                               "under one key, as open_clip_train reads them")
         names.add(name)
         out.append(subset)
     return out
@@ -90,25 +101,30 @@ def check(args) -> tuple[list[Subset], list[str]]:
             raise QualityError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.workers < 0:
         raise QualityError("--workers must be 0 or more")
+    if not args.lr > 0:
+        raise QualityError("--lr must be above 0")
     if not 0 <= args.noise <= 1:
         raise QualityError("--noise must be within [0, 1]")
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
             raise QualityError("--device cuda: no CUDA device is visible")
-    for e in args.eval:
-        discover(e)
+    names = [d.name for e in args.eval for d in discover(e)]
+    if len(set(names)) != len(names):
+        raise QualityError("two --eval datasets share a folder name; clip_benchmark names them by it")
     return _subsets(args), ([] if args.subset else _recipes(args))
 
 
 def _identity(args, device: str) -> dict:
     """What a finished checkpoint or subset in --out depends on: a rerun must match it."""
-    keys = ["subset", "eval", "samples_seen", "model", "batch_size", "lr", "workers"]
+    keys = ["samples_seen", "model", "batch_size", "lr", "workers"]
     if not args.subset:
         keys += ["pool_samples", "noise"]
     if not args.eval:
         keys += ["eval_images", "eval_pairs"]
-    return {**{k: getattr(args, k) for k in keys}, "device": device}
+    where = {"subset": [f"{s.name}={s.path}" for s in _subsets(args)],  # absolute: raw=raw is raw=/x/raw
+             "eval": [os.path.normpath(os.path.abspath(e)) for e in args.eval]}
+    return {**where, **{k: getattr(args, k) for k in keys}, "device": device}
 
 
 def _claim(out: str, identity: dict) -> None:
@@ -127,11 +143,7 @@ def _claim(out: str, identity: dict) -> None:
 
 def _datasets(args, out: str):
     if args.eval:
-        datasets = [d for e in args.eval for d in discover(e)]
-        names = [d.name for d in datasets]
-        if len(set(names)) != len(names):
-            raise QualityError("two --eval datasets share a folder name; clip_benchmark names them by it")
-        return datasets
+        return [d for e in args.eval for d in discover(e)]
     suite = os.path.join(out, "eval")
     done = os.path.join(suite, "complete")
     if not os.path.exists(done):
@@ -194,6 +206,9 @@ def run(args) -> dict:
         chosen, hygiene = _make_subsets(args, recipes, datasets, out)
     settings = TrainSettings(args.model, args.samples_seen, args.batch_size, args.lr, args.workers, device)
     seen = samples_seen_for(settings)
+    if seen != args.samples_seen:
+        print(f"[quality] every run trains on {seen:,} samples: --samples-seen {args.samples_seen:,} rounded up to "
+              f"whole batches of {args.batch_size} per data-loader worker, as open_clip_train does", flush=True)
     runs_dir = os.path.join(out, "runs")
     total = len(chosen) * args.seeds
     runs = []
@@ -219,6 +234,10 @@ def main(argv=None) -> int:
     except (QualityError, EvalSuiteError, subsets.RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished subsets, checkpoints and evaluations are kept; the same command resumes",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -30,14 +30,23 @@ class EvalDataset:
     path: str
     kind: str    # CLASSIFICATION or RETRIEVAL
 
+    def _builtin(self) -> tuple[str, str] | None:
+        from curate.quality.evalsets import RETRIEVAL as BUILTIN_RETRIEVAL
+        from curate.quality.evalsets import TASKS
+        task, _, lang = self.name.rpartition("_")
+        return (task, lang) if task in (*TASKS, BUILTIN_RETRIEVAL) and lang else None
+
     @property
     def task(self) -> str:
-        """The built-in suite's task (shape, ..., retrieval); a foreign dataset is its own task."""
-        return self.name.rsplit("_", 1)[0] if "_" in self.name else self.name
+        """The built-in suite's task (``<task>_<lang>``: shape, ..., retrieval); any other dataset
+        (imagenet_sketch, ...) is a task of its own, named in full."""
+        builtin = self._builtin()
+        return builtin[0] if builtin else self.name
 
     @property
     def language(self) -> str | None:
-        return self.name.rsplit("_", 1)[1] if "_" in self.name else None
+        builtin = self._builtin()
+        return builtin[1] if builtin else None
 
 
 def _kind(path: str) -> str:
@@ -50,8 +59,9 @@ def _kind(path: str) -> str:
         if kind != "classification":
             raise EvalSuiteError(f"{type_file}: dataset type {kind!r} is not supported "
                                  "(classification or retrieval)")
-    elif not os.path.exists(os.path.join(path, "classnames.txt")):
-        raise EvalSuiteError(f"{path}: a classification dataset needs classnames.txt (clip_benchmark's layout)")
+    for needed in ("classnames.txt", "zeroshot_classification_templates.txt"):
+        if not os.path.exists(os.path.join(path, needed)):
+            raise EvalSuiteError(f"{path}: a classification dataset needs {needed} (clip_benchmark's layout)")
     return CLASSIFICATION
 
 

@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 
-from curate.io import iter_tar_groups
+IMAGE_EXTS = {"jpg", "png", "jpeg", "webp"}  # open_clip_train's rename(image="jpg;png;jpeg;webp")
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,29 @@ class Subset:
         return sorted(glob.glob(os.path.join(self.path, "*.tar")))
 
     def unique_samples(self) -> int:
-        """Samples in the tars: sizes.json when the folder has one (curated shards), else counted."""
+        """Samples open_clip_train can read: sizes.json when the folder has one (curated shards),
+        else counted from the tars' member names (``trainable_samples``)."""
         sizes = os.path.join(self.path, "sizes.json")
         if os.path.exists(sizes):
             with open(sizes) as f:
                 return sum(json.load(f).values())
-        return sum(1 for tar in self.tars() for _ in iter_tar_groups(tar))
+        return sum(trainable_samples(tar) for tar in self.tars())
+
+
+def trainable_samples(tar: str) -> int:
+    """Samples of one tar that open_clip_train's reader can use: members grouped by WebDataset's rule
+    (key = the name up to the first dot of its last path part), with an image (jpg, png, jpeg, webp)
+    and a ``txt`` caption. Its resampled loader waits forever on shards that hold none, so a subset
+    without any is refused before training."""
+    members: dict[str, set[str]] = {}
+    with tarfile.open(tar) as f:
+        for m in f:
+            if m.isfile():
+                head, _, name = m.name.rpartition("/")
+                key, dot, ext = name.partition(".")
+                if dot:
+                    members.setdefault(f"{head}/{key}", set()).add(ext.lower())
+    return sum(1 for exts in members.values() if "txt" in exts and exts & IMAGE_EXTS)
 
 
 def samples_seen_for(settings: TrainSettings) -> int:
