@@ -1,4 +1,4 @@
-"""Warnings a user must see: a step that removed an unusual share, and a model used outside its world.
+"""Warnings a user must see: nothing kept, a step that removed an unusual share, a model used outside its world.
 
 Functions of the run's counts and config (and, for a run on stored scores, of the scoring run's
 report.json); the closing summary and report.json show what they return, each with the setting
@@ -37,6 +37,15 @@ def large_groups(counts: dict) -> str | None:
             f"with {size}: if they are not copies of one image, check {NEAR_SETTINGS}")
 
 
+def nothing_kept(counts: dict) -> str | None:
+    """Samples came in and none came out: almost always a threshold set for another model or corpus."""
+    if counts.get("input", 0) and not counts.get("kept", 0):
+        reason, n = next(iter(counts["dropped_by_reason"].items()), ("?", 0))
+        return (f"no sample was kept of {counts['input']}; the most frequent reason: {reason} ({n}): "
+                "check the setting behind it (e.g. select.clip_threshold for low_clip_score)")
+    return None
+
+
 def synthetic_input(config: dict, builtin_input: bool) -> bool:
     """Whether the scored samples come from ``curate.synth`` (the demo scorer's own world): the
     built-in corpus, a folder that synth wrote (its ground_truth.parquet beside the shards), or, for
@@ -63,7 +72,8 @@ def demo_scorer_on_foreign_input(config: dict, synthetic: bool) -> str | None:
 
 
 def warnings(counts: dict, config: dict, synthetic: bool) -> list[str]:
-    checks = (near_dedup_share(counts), large_groups(counts), demo_scorer_on_foreign_input(config, synthetic))
+    checks = (nothing_kept(counts), near_dedup_share(counts), large_groups(counts),
+              demo_scorer_on_foreign_input(config, synthetic))
     return [w for w in checks if w]
 
 

@@ -107,3 +107,12 @@ def test_large_group_guard_rail():
     (w,) = [w for w in guard_rails.warnings(counts, {}, synthetic=True)]
     assert "near:a" in w and "150" in w and "dedup.phash_max_distance" in w
     assert not guard_rails.warnings({"dropped_by_stage": {}, "largest_duplicate_groups": {"near:b": 20}}, {}, True)
+
+
+def test_nothing_kept_guard_rail():
+    counts = {"input": 300, "kept": 0, "dropped_by_reason": {"low_clip_score": 280, "caption_too_short": 20},
+              "dropped_by_stage": {}, "largest_duplicate_groups": {}}
+    (w,) = guard_rails.warnings(counts, {}, synthetic=True)
+    assert w.startswith("no sample was kept of 300") and "low_clip_score (280)" in w and "select.clip_threshold" in w
+    assert not guard_rails.warnings({**counts, "kept": 1}, {}, True)
+    assert not guard_rails.warnings({**counts, "input": 0}, {}, True)  # an empty input is no surprise
