@@ -115,14 +115,14 @@ def check(args) -> tuple[list[Subset], list[str]]:
     return _subsets(args), ([] if args.subset else _recipes(args))
 
 
-def _identity(args, device: str) -> dict:
+def _identity(args, given: list[Subset], device: str) -> dict:
     """What a finished checkpoint or subset in --out depends on: a rerun must match it."""
     keys = ["samples_seen", "model", "batch_size", "lr", "workers"]
     if not args.subset:
         keys += ["pool_samples", "noise"]
     if not args.eval:
         keys += ["eval_images", "eval_pairs"]
-    where = {"subset": [f"{s.name}={s.path}" for s in _subsets(args)],  # absolute: raw=raw is raw=/x/raw
+    where = {"subset": [f"{s.name}={s.path}" for s in given],  # absolute: raw=raw is raw=/x/raw
              "eval": [os.path.normpath(os.path.abspath(e)) for e in args.eval]}
     return {**where, **{k: getattr(args, k) for k in keys}, "device": device}
 
@@ -197,7 +197,8 @@ def run(args) -> dict:
     import torch
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out
-    _claim(out, _identity(args, device))
+    identity = _identity(args, given, device)
+    _claim(out, identity)
     t0 = time.time()
     datasets = _datasets(args, out)
     hygiene = None
@@ -211,14 +212,16 @@ def run(args) -> dict:
               f"whole batches of {args.batch_size} per data-loader worker, as open_clip_train does", flush=True)
     runs_dir = os.path.join(out, "runs")
     total = len(chosen) * args.seeds
-    runs = []
+    runs, unique = [], {}
     for i, (subset, seed) in enumerate((s, seed) for s in chosen for seed in range(args.seeds)):
         label = f"train {subset.name} seed {seed} ({i + 1}/{total})"
         checkpoint = train(subset, settings, seed, runs_dir, label)
         metrics = _evaluate(os.path.dirname(os.path.dirname(checkpoint)), args.model, checkpoint, datasets,
                             device, label)
-        runs.append(results.Run(subset.name, seed, subset.unique_samples(), seen, metrics))
-    extra = {"settings": {**_identity(args, device), "samples_seen_exact": seen, "seeds": args.seeds},
+        if subset.name not in unique:
+            unique[subset.name] = subset.unique_samples()  # scans the tars: once per subset
+        runs.append(results.Run(subset.name, seed, unique[subset.name], seen, metrics))
+    extra = {"settings": {**identity, "samples_seen_exact": seen, "seeds": args.seeds},
              "hygiene": hygiene, "wall_seconds": round(time.time() - t0, 1)}
     summary = results.write(out, runs, datasets, extra)
     print(results.markdown(summary, datasets).split("\n\n")[0])

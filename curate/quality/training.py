@@ -21,6 +21,9 @@ import tarfile
 import time
 from dataclasses import dataclass
 
+# the trainer's own split of a member name into key and extensions
+from webdataset.tariterators import base_plus_ext
+
 IMAGE_EXTS = {"jpg", "png", "jpeg", "webp"}  # open_clip_train's rename(image="jpg;png;jpeg;webp")
 
 
@@ -61,11 +64,9 @@ def trainable_samples(tar: str) -> int:
     members: dict[str, set[str]] = {}
     with tarfile.open(tar) as f:
         for m in f:
-            if m.isfile():
-                head, _, name = m.name.rpartition("/")
-                key, dot, ext = name.partition(".")
-                if dot:
-                    members.setdefault(f"{head}/{key}", set()).add(ext.lower())
+            key, ext = base_plus_ext(m.name) if m.isfile() else (None, None)
+            if key is not None:
+                members.setdefault(key, set()).add(ext.lower())
     return sum(1 for exts in members.values() if "txt" in exts and exts & IMAGE_EXTS)
 
 
