@@ -96,7 +96,7 @@ def _entry(key: str, option: Option, indent: str) -> list[str]:
     plain = option.kind in (str, bool) and allowed == option.describe() and not option.choices and not option.nullable
     lines = _comment(option.help, indent) + ([] if plain else _comment(f"allowed: {allowed}", indent))
     value = option.default
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:  # an empty one stays in flow style: {}
         return lines + [f"{indent}{name}:"] + [f"{indent}  {yaml_value(k)}: {yaml_value(v)}" for k, v in value.items()]
     if isinstance(value, list) and value and len(yaml_value(value)) > FLOW_MAX:
         return lines + [f"{indent}{name}:"] + [f"{indent}  - {yaml_value(v)}" for v in value]

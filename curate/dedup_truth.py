@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 # Rows of these stages never reached dedup: neither they nor their copies say anything about it.
-BEFORE_DEDUP = ("read", "decode", "basic_filter", "clip_score", "decontaminate")
+BEFORE_DEDUP = ("read", "decode", "basic_filter", "balance", "clip_score", "decontaminate")
 
 
 @dataclass(frozen=True)

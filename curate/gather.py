@@ -6,6 +6,8 @@ and their embeddings travel only through GroupByKeys keyed by something that spr
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import apache_beam as beam
 
 
@@ -22,3 +24,28 @@ class GatherSmall(beam.PTransform):
                 | "OneKey" >> beam.Map(lambda x: (None, x))
                 | "Gather" >> beam.GroupByKey()
                 | "Sorted" >> beam.MapTuple(lambda _, xs: sorted(xs)))
+
+
+class CountOncePerSample(beam.PTransform):
+    """Samples -> one element: the sorted list of (value, count) over the whole corpus, where
+    ``values(sample)`` names what a sample counts towards (a score, the metadata entries it matches).
+
+    Counted per input shard first, each sample once by its input position (Beam 2.77's DaskRunner
+    delivered some samples twice to a counting branch; tests/test_runners.py), then summed per value
+    by a combiner (partial sums before the shuffle where the runner lifts combiners). No group grows
+    past one input shard's samples, and what meets on one worker is one count per distinct value.
+    """
+
+    def __init__(self, values):
+        super().__init__()
+        self._values = values
+
+    def expand(self, samples):
+        values = self._values
+        return (samples
+                | "ByInputShard" >> beam.Map(lambda s: (s.shard_index, (s.member_index, tuple(values(s)))))
+                | "GroupInputShard" >> beam.GroupByKey()
+                | "CountInShard" >> beam.FlatMapTuple(
+                    lambda _, items: Counter(v for vs in dict(items).values() for v in vs).items())
+                | "Sum" >> beam.CombinePerKey(sum)
+                | "GatherCounts" >> GatherSmall())

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 
 # Stages, in pipeline order; a decision row names the stage that made it.
-READ, DECODE, BASIC_FILTER, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
-    "read", "decode", "basic_filter", "clip_score", "decontaminate", "unique_keys", "exact_dedup", "near_dedup",
-    "semdedup", "write")
+READ, DECODE, BASIC_FILTER, BALANCE, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
+    "read", "decode", "basic_filter", "balance", "clip_score", "decontaminate", "unique_keys", "exact_dedup",
+    "near_dedup", "semdedup", "write")
 
 
 # Scores and similarities are kept to 4 decimals, which makes them short to store and a small grid
@@ -66,6 +66,8 @@ class Sample:
     # cut); set by selection on a copy, so the rows of later steps record it
     clip_threshold: float | None = None
     image_format: str | None = None  # Pillow's format name (JPEG, PNG, WEBP, AVIF, ...), from the bytes
+    # the metadata entries the caption names (filters.metadata), sorted; None = not matched, () = none
+    metadata_entries: tuple[str, ...] | None = None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -94,6 +96,9 @@ DECISION_SCHEMA = pa.schema([
     ("kept_instead", pa.string()),    # for a dropped duplicate: the key kept in its place
     ("dup_similarity", pa.float32()),  # image-embedding cosine to the kept sample (duplicates)
     ("dup_hash_distance", pa.int32()),  # perceptual-hash distance to the kept sample (duplicates)
+    ("metadata_entries", pa.list_(pa.string())),  # the metadata entries the caption names (balancing, coverage)
+    ("balance_cap", pa.float64()),    # the cap t of the sample's language where balancing decided
+    ("attempts", pa.int32()),         # ingest: requests started for the row's URL (retries included)
 ])
 
 
@@ -109,7 +114,8 @@ def decision(sample: Sample | RawSample, kept: bool, stage: str, reason: str | N
                    # stripped, as the caption rule counts (filters.basic.caption_too_short)
                    caption_chars=None if sample.caption is None else len(sample.caption.strip()),
                    sha256=sample.sha256, phash=sample.phash, clip_score=sample.clip_score,
-                   clip_threshold=sample.clip_threshold)
+                   clip_threshold=sample.clip_threshold,
+                   metadata_entries=None if sample.metadata_entries is None else list(sample.metadata_entries))
     unknown = set(values) - set(row)
     if unknown:
         raise KeyError(f"not decision columns: {sorted(unknown)}")

@@ -140,11 +140,12 @@ def check_conservation(counts: dict) -> None:
 
 def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_seconds: float,
                  stage_seconds: dict, shards: dict | None, runner: str, warnings: list[str] = (),
-                 synthetic_input: bool = False, cpu_seconds: float | None = None) -> dict:
+                 synthetic_input: bool = False, cpu_seconds: float | None = None, sections: dict | None = None) -> dict:
     """``stage_seconds``: curate.timing.stage_seconds' {"wall": ..., "cpu": ...}; ``cpu_seconds``:
     CPU time of this process and its ended worker processes over the run (curate.timing.process_cpu_seconds);
     ``shards`` is sizes.json's content, or None for a pipeline that writes no shards;
-    ``synthetic_input``: the samples come from curate.synth (read back by runs on stored scores)."""
+    ``synthetic_input``: the samples come from curate.synth (read back by runs on stored scores);
+    ``sections``: what the pipeline adds (laion_filter: ``coverage``, curate/coverage.py)."""
     report = {
         "pipeline": pipeline,
         "counts": counts,
@@ -160,6 +161,7 @@ def write_report(out_dir: str, pipeline: str, config: dict, counts: dict, wall_s
                  "stage_wall_seconds": {k: round(v, 2) for k, v in sorted(stage_seconds.get("wall", {}).items())},
                  "stage_cpu_seconds": {k: round(v, 2) for k, v in sorted(stage_seconds.get("cpu", {}).items())}},
         "runner": runner,
+        **(sections or {}),
         "config": config,
     }
     # allow_nan=False: bare NaN is not JSON (the config refuses NaN and infinity; counts and times are finite)
@@ -187,6 +189,10 @@ def summary(report: dict, out_dir: str, outputs: str | None = None) -> str:
                      "conservation unchecked there")
     where = (f"{report['shards']['count']} curated shards in {fs.join(out_dir, 'shards')}"
              if report["writes_shards"] else outputs or f"embeddings in {fs.join(out_dir, 'embeddings')}")
+    if report.get("coverage"):
+        from curate.coverage import summary_lines
+
+        lines.extend(summary_lines(report["coverage"]))
     lines.extend(f"  warning: {w}" for w in report.get("warnings", ()))
     lines.append(f"  {where}; decisions in {fs.join(out_dir, 'decisions')}; "
                  f"report {fs.join(out_dir, 'report.json')}")

@@ -261,7 +261,7 @@ def sample_corpus(out: str, cfg: dict) -> str:
     log.info("writing the built-in sample corpus (%d samples, seed %d) to %s",
              settings["samples"], settings["seed"], corpus)
     generate = dict(samples=settings["samples"], seed=settings["seed"], noise=settings["noise"],
-                    processes=os.cpu_count() or 1)
+                    mix=settings["mix"], processes=os.cpu_count() or 1)
     if fs.is_local(corpus):
         synth.generate(corpus, **generate)
     else:  # the generator writes local files: make them in a scratch folder, then upload
@@ -505,9 +505,11 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
         shards = json.loads(fs.read_bytes(fs.join(shard_dir, "sizes.json")))
     counts = count_decisions(fs.join(out, "decisions"), None if shards is None else sum(shards.values()))
     synthetic = guard_rails.synthetic_input(cfg, builtin_input)
+    # what a pipeline adds to report.json from its outputs (laion_filter: the coverage audit)
+    sections = module.report_sections(cfg) if hasattr(module, "report_sections") else {}
     report = write_report(out, pipeline_name, cfg, counts, wall, stage_seconds(result), shards,
                           options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
-                          synthetic, cpu)
+                          synthetic, cpu, sections)
     html_report.write_after_run(out, report)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     check_conservation(counts)  # after the report: a failed run keeps its evidence

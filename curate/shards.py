@@ -30,6 +30,7 @@ SHARD_SCHEMA = pa.schema([
     ("clip_score", pa.float32()), ("width", pa.int32()), ("height", pa.int32()),
     ("sha256", pa.string()), ("url", pa.string()), ("source_shard", pa.string()),
     ("source_index", pa.int64()), ("phash", pa.string()), ("image_format", pa.string()),
+    ("metadata_entries", pa.list_(pa.string())),
 ])
 
 
@@ -149,16 +150,18 @@ class WriteShardFn(beam.DoFn):
         for s in samples:
             fields = found[(s.shard_path, s.member_index)]
             meta = sample_json(fields)
+            entries = None if s.metadata_entries is None else list(s.metadata_entries)
             meta.update(key=s.key, caption=s.caption, language=s.language, clip_score=s.clip_score,
                         width=s.width, height=s.height, sha256=s.sha256, source_key=s.key,
-                        source_shard=fs.basename(s.shard_path), image_format=s.image_format)
+                        source_shard=fs.basename(s.shard_path), image_format=s.image_format,
+                        metadata_entries=entries)
             ext, data = trainer_image(s, fields[s.image_ext])
             members.append((s.key, {ext: data, "txt": s.caption, "json": meta}))
             rows.append({"key": s.key, "caption": s.caption, "language": s.language,
                          "clip_score": s.clip_score, "width": s.width, "height": s.height,
                          "sha256": s.sha256, "url": meta.get("url") if isinstance(meta.get("url"), str) else None,
                          "source_shard": s.shard_path, "source_index": s.member_index, "phash": s.phash,
-                         "image_format": s.image_format})
+                         "image_format": s.image_format, "metadata_entries": entries})
         name = f"{shard_id:05d}"
         fs.makedirs(self._out_dir)
         write_tar(fs.join(self._out_dir, f"{name}.tar"), members)

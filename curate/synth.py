@@ -1,12 +1,18 @@
 """The built-in sample corpus: rendered scenes with multilingual captions and labelled noise.
 
-    python -m curate.synth --out DIR --samples N --seed S [--noise 0.3]
+    python -m curate.synth --out DIR --samples N --seed S [--noise 0.3] [--mix skewed]
 
 Writes raw shards in img2dataset's layout (``NNNNN.tar`` with ``KEY.jpg``/``KEY.txt``/``KEY.json``,
 ``NNNNN.parquet``, ``NNNNN_stats.json``) and, beside them, ``ground_truth.parquet``: key -> clean or
 noise kind (and the original's key for duplicates). The ground truth never enters a shard, so no
-filter can read it. Every sample is a pure function of (seed, index), so the corpus is
+filter can read it. Every sample is a pure function of (seed, index, mix), so the corpus is
 deterministic and shards can be rendered in parallel.
+
+Two mixes (``MIXES``): "default" draws captions in five languages and every shape and colour
+equally often (its bytes never change); "skewed" draws captions in all twelve languages of the
+shipped metadata (``ALL_LANGUAGES``) and shapes and colours with the long tail of web alt-text: one
+language and a few concepts dominate (``SKEWED``), which is what metadata balancing
+(filters/balance.py) is for. The ground truth's ``scene`` names every concept of a sample.
 """
 from __future__ import annotations
 
@@ -41,6 +47,18 @@ BACKGROUNDS = [(128, 128, 128), (150, 140, 120), (110, 125, 140), (140, 150, 130
 
 LANGUAGES = ["en", "de", "fr", "es", "ru"]
 LANGUAGE_WEIGHTS = [0.4, 0.15, 0.15, 0.15, 0.15]
+
+# The "skewed" mix: Zipf-like shares (about 1/rank), so that English and the first two shapes and
+# colours hold about half the samples and the last ones a few percent; sizes, counts and positions
+# stay uniform (they are not what web text skews on). Weights sum to 1.
+SKEWED = {
+    "language": {"en": 0.46, "de": 0.12, "fr": 0.09, "es": 0.07, "ru": 0.06, "pt": 0.05, "zh": 0.045,
+                 "ja": 0.035, "ar": 0.025, "ko": 0.02, "hi": 0.015, "th": 0.01},
+    "shape": {"circle": 0.45, "square": 0.25, "triangle": 0.12, "star": 0.08, "hexagon": 0.06, "cross": 0.04},
+    "colour": {"red": 0.35, "blue": 0.2, "black": 0.12, "white": 0.1, "green": 0.08, "yellow": 0.06,
+               "orange": 0.05, "purple": 0.04},
+}
+MIXES = ("default", "skewed")
 
 # Vocabulary per language. Nouns are (one, several); adjectives follow the noun in parentheses in
 # de/fr/es/ru, which keeps every template grammatical without agreement rules.
@@ -240,10 +258,24 @@ def sample_rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, index, salt])
 
 
-def make_scene(rng: np.random.Generator) -> list[Group]:
+def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names = list(weights)
+    return names[rng.choice(len(names), p=list(weights.values()))]
+
+
+def _language(rng: np.random.Generator, mix: str) -> str:
+    if mix == "skewed":
+        return _pick(rng, SKEWED["language"])
+    return LANGUAGES[rng.choice(len(LANGUAGES), p=LANGUAGE_WEIGHTS)]
+
+
+def make_scene(rng: np.random.Generator, mix: str = "default") -> list[Group]:
     def group(position):
-        return Group(SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))],
-                     SIZES[rng.integers(2)], int(rng.integers(1, 4)), position)
+        if mix == "skewed":
+            shape, colour = _pick(rng, SKEWED["shape"]), _pick(rng, SKEWED["colour"])
+        else:
+            shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+        return Group(shape, colour, SIZES[rng.integers(2)], int(rng.integers(1, 4)), position)
 
     if rng.random() < 0.3:  # mostly two groups: fewer scenes share a caption by chance
         return [group(POSITIONS[rng.integers(len(POSITIONS))])]
@@ -388,35 +420,35 @@ def plan_corpus(seed: int, samples: int, noise: float) -> list[Plan]:
     return plans
 
 
-def _clean_content(seed: int, index: int):
-    """The clean image/caption of ``index``: a pure function of (seed, index)."""
+def _clean_content(seed: int, index: int, mix: str = "default"):
+    """The clean image/caption of ``index``: a pure function of (seed, index, mix)."""
     rng = sample_rng(seed, index)
-    groups = make_scene(rng)
-    lang = LANGUAGES[rng.choice(len(LANGUAGES), p=LANGUAGE_WEIGHTS)]
+    groups = make_scene(rng, mix)
+    lang = _language(rng, mix)
     size = CANVASES[rng.integers(len(CANVASES))]
     quality = int(rng.integers(75, 96))
     img = render(groups, size, rng)
     return groups, lang, img, quality
 
 
-def make_sample(seed: int, plan: Plan) -> tuple[bytes, str, dict, dict]:
+def make_sample(seed: int, plan: Plan, mix: str = "default") -> tuple[bytes, str, dict, dict]:
     """Return (image bytes, caption, extra json fields, ground-truth row) for one planned sample."""
     rng = sample_rng(seed, plan.index, 1)
     truth = {"kind": plan.kind, "original_key": None, "transform": None}
     if plan.kind in DUPLICATE_KINDS:
-        groups, lang, img, quality = _clean_content(seed, plan.source)
+        groups, lang, img, quality = _clean_content(seed, plan.source, mix)
         truth["original_key"] = sample_key(plan.source)
         if plan.kind == "exact_duplicate":
             data = encode_jpeg(img, quality)
         else:
             data, truth["transform"] = _near_copy(img, quality, rng)
-            lang = LANGUAGES[rng.choice(len(LANGUAGES), p=LANGUAGE_WEIGHTS)]
+            lang = _language(rng, mix)
         text = caption(groups, lang)
     else:
-        groups, lang, img, quality = _clean_content(seed, plan.index)
+        groups, lang, img, quality = _clean_content(seed, plan.index, mix)
         text = caption(groups, lang)
         if plan.kind == "mismatched_caption":
-            src_groups, lang, _, _ = _clean_content(seed, plan.source)
+            src_groups, lang, _, _ = _clean_content(seed, plan.source, mix)
             text = caption(src_groups, lang)
             truth["original_key"] = sample_key(plan.source)
         elif plan.kind == "small_image":
@@ -453,13 +485,13 @@ def _near_copy(img: Image.Image, quality: int, rng: np.random.Generator) -> tupl
     return encode_jpeg(img, q), kind
 
 
-def write_shard(out_dir: str, seed: int, shard_id: int, plans: list[Plan]) -> list[dict]:
+def write_shard(out_dir: str, seed: int, shard_id: int, plans: list[Plan], mix: str = "default") -> list[dict]:
     """Write one raw shard in img2dataset's layout; return its ground-truth rows."""
     start = time.time()
     members, rows, truth_rows = [], [], []
     for plan in plans:
         key = sample_key(plan.index)
-        data, text, extra, truth = make_sample(seed, plan)
+        data, text, extra, truth = make_sample(seed, plan, mix)
         try:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
@@ -491,13 +523,15 @@ def _write_shard_args(args):
 
 
 def generate(out_dir: str, samples: int, seed: int = 0, noise: float = 0.3,
-             shard_size: int = 1000, processes: int = 1) -> str:
+             shard_size: int = 1000, processes: int = 1, mix: str = "default") -> str:
     """Write the corpus to ``out_dir``; return the path of its ground-truth file."""
     if not 0 <= noise <= 1:
         raise ValueError(f"noise must be within [0, 1], got {noise}")
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
     os.makedirs(out_dir, exist_ok=True)
     plans = plan_corpus(seed, samples, noise)
-    jobs = [(out_dir, seed, s, plans[s * shard_size:(s + 1) * shard_size])
+    jobs = [(out_dir, seed, s, plans[s * shard_size:(s + 1) * shard_size], mix)
             for s in range(math.ceil(samples / shard_size))]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
@@ -518,10 +552,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.3, help="fraction of samples that are noise")
     ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--mix", choices=MIXES, default="default",
+                    help="default: 5 languages, concepts uniform; skewed: 12 languages, a long tail")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     t0 = time.time()
-    path = generate(args.out, args.samples, args.seed, args.noise, args.shard_size, args.processes)
+    path = generate(args.out, args.samples, args.seed, args.noise, args.shard_size, args.processes, args.mix)
     kinds = pq.read_table(path, columns=["kind"]).column("kind").to_pylist()
     counts = {k: kinds.count(k) for k in sorted(set(kinds))}
     print(f"wrote {args.samples} samples to {args.out} in {time.time() - t0:.1f}s; ground truth: {path}")

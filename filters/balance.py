@@ -133,3 +133,26 @@ def head_to_tail_ratio(counts: Mapping[str, int] | Iterable[int], head_fraction:
     if not rest or sum(rest) == 0:
         return None
     return (sum(values[:head]) / head) / (sum(rest) / len(rest))
+
+
+CAP_RULES = ("fixed", "tail_share")
+
+
+def caps_by_language(counts_by_language: Mapping[str, Mapping[str, int]], cap: float, rule: str = "fixed",
+                     reference: str = "en", overrides: Mapping[str, float] | None = None) -> tuple[dict[str, float], str | None]:
+    """The cap of every language with counts, and a note when the rule could not be followed.
+
+    ``fixed``: every language gets ``cap`` (MetaCLIP's one t). ``tail_share``: MetaCLIP 2's
+    ``language_caps`` with ``cap`` as the reference language's t; when the reference language has
+    no matches, every language gets ``cap`` and the note says so (a run does not die on a corpus
+    without English). ``overrides`` (``balance.language_caps``) win over both rules."""
+    if rule not in CAP_RULES:
+        raise ValueError(f"rule must be one of {CAP_RULES}, got {rule!r}")
+    caps, note = {language: float(cap) for language in counts_by_language}, None
+    if rule == "tail_share":
+        try:
+            caps = {language: float(t) for language, t in language_caps(counts_by_language, cap, reference).items()}
+        except ValueError as e:
+            note = f"caps tail_share not applied ({e}): every language capped at {cap:g}"
+    caps.update({language: float(t) for language, t in (overrides or {}).items()})
+    return dict(sorted(caps.items())), note

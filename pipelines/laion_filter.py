@@ -1,4 +1,4 @@
-"""laion_filter: raw shards -> CLIP scores -> basic filters -> score selection -> exact and near dedup -> shards.
+"""laion_filter: raw shards -> CLIP scores -> basic filters -> [balancing] -> score selection -> dedup -> shards.
 
 The recipe of LAION-5B (CLIP cosine threshold) with DataComp's basic filter and top-fraction mode,
 and duplicate removal behind, as one Beam graph. Scores come from the model, or from a previous
@@ -9,21 +9,21 @@ decisions table.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from types import SimpleNamespace
 
 import apache_beam as beam
 from curate.filters import decontaminate, select
 from curate.filters.sample import BasicFilterParams, basic_filter
+from curate.pipelines import balance as balance_steps
 from curate.pipelines import dedup as dedup_steps
 from curate.pipelines import export, score
 from curate.pipelines.specs import PIPELINES
 
-from curate import fs
+from curate import coverage, fs
 from curate.config import ConfigError, section
 from curate.decisions import WriteDecisions
 from curate.embeddings import ReadStoredScores, stored_hashes
-from curate.gather import GatherSmall
+from curate.gather import CountOncePerSample, GatherSmall
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.raw_shards import list_input_shards
 from curate.records import BASIC_FILTER, CLIP_SCORE, Sample, decision
@@ -41,6 +41,7 @@ def validate(cfg: dict) -> None:
     Stored scores written before perceptual hashes existed cannot feed a hash-based near dedup."""
     cfg["exports_settings"] = export.laion_filter_settings(cfg)
     dedup_steps.Decontaminate.from_config(cfg)  # decontaminate.eval_set must exist
+    balance_steps.MatchMetadata.from_config(cfg)  # balance.metadata must hold lists
     if cfg["decontaminate.eval_set"] is not None:
         try:
             decontaminate.check_eval_set(cfg["decontaminate.eval_set"])
@@ -137,6 +138,16 @@ class _Group:
         return select.fraction_group(sample, self._by_language, self._detect)
 
 
+class _GroupScore:
+    """sample -> [(its group, its score)]: what the top-fraction histogram counts; picklable."""
+
+    def __init__(self, group: _Group):
+        self._group = group
+
+    def __call__(self, sample: Sample) -> list:
+        return [(self._group(sample), sample.clip_score)]
+
+
 class TopFraction(beam.PTransform):
     """DataComp's top fraction (``select.top_fraction``), of the corpus or of each language
     (``select.top_fraction_by_language``), without gathering samples or scores.
@@ -155,17 +166,9 @@ class TopFraction(beam.PTransform):
 
     def expand(self, samples):
         group = _Group(self._by_language, self._detect)
-        # counted per input shard first, then per score: no group grows past an input shard's
-        # samples or the number of input shards, however skewed the scores are. A sample counts once
-        # by its input position: Beam 2.77's DaskRunner delivered some samples twice to this branch
-        # (tests/test_runners.py runs fraction mode there), which moved the cut.
-        histogram = (samples
-                     | "ScoreByInputShard" >> beam.Map(lambda s: (s.shard_index, (s.member_index, (group(s), s.clip_score))))
-                     | "GroupInputShard" >> beam.GroupByKey()
-                     | "CountInShard" >> beam.FlatMapTuple(lambda _, scores: Counter(dict(scores).values()).items())
-                     | "GroupScore" >> beam.GroupByKey()
-                     | "Count" >> beam.MapTuple(lambda score, counts: (score, sum(counts)))
-                     | "GatherHistogram" >> GatherSmall())
+        # ((group, score), count) for every distinct score; a sample counts once (a counted-twice
+        # sample moved the cut on Beam 2.77's DaskRunner: tests/test_runners.py runs this mode there)
+        histogram = samples | "Histogram" >> CountOncePerSample(_GroupScore(group))
         cuts = beam.pvalue.AsSingleton(histogram | "Cut" >> beam.Map(select.fraction_cuts, self._fraction),
                                        default_value={})
         decide = TopFractionFn(self._by_language, self._detect)
@@ -230,18 +233,21 @@ class LaionFilter(beam.PTransform):
             # Writes each shard's embeddings as it is scored: OUT/embeddings, or the checkpoint folder.
             scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(
                 cfg, self._paths, self._cpu_threads, emb_dir=fs.join(out, "embeddings") if cfg["save_embeddings"] else None)
-        samples = scored.samples | "DropTextEmbeddings" >> beam.Map(drop_text_embedding)
+        samples = (scored.samples | "DropTextEmbeddings" >> beam.Map(drop_text_embedding)
+                   | "MatchMetadata" >> balance_steps.MatchMetadata.from_config(cfg))
         filtered = split(samples | "BasicFilters" >> beam.ParDo(
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
-        selected = filtered.passed | "SelectByScore" >> SelectByScore(cfg)
+        balanced = filtered.passed | "Balance" >> balance_steps.Balance.from_config(cfg)
+        selected = balanced.passed | "SelectByScore" >> SelectByScore(cfg)
         decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
         unique = decontaminated.clean | "UniqueKeys" >> UniqueKeys()
         deduped = unique.unique | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
         slim = deduped["kept"] | "DropEmbeddings" >> beam.Map(drop_embeddings)
         written = slim | "WriteCuratedShards" >> WriteCuratedShards(
             fs.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [scored.decisions, filtered.decisions, selected.decisions, decontaminated.decisions,
+        all_decisions = [scored.decisions, filtered.decisions, balanced.decisions, selected.decisions,
+                         decontaminated.decisions,
                          unique.decisions, deduped["decisions"],
                          written["decisions"]]
         writes.append(all_decisions | "AllDecisions" >> beam.Flatten()
@@ -251,6 +257,14 @@ class LaionFilter(beam.PTransform):
             writes.append(writes | "AllCuratedWrites" >> beam.Flatten()
                           | "Exports" >> export.ExportAfterWrites(cfg["exports_settings"]))
         return done(writes)
+
+
+def report_sections(cfg: dict) -> dict:
+    """report.json's coverage audit (curate/coverage.py), read from the decisions just written."""
+    params = balance_steps.BalanceParams.from_config(cfg)
+    if not params.matches:
+        return {}
+    return {"coverage": coverage.audit(fs.join(cfg["output"], "decisions"), params.load(), params)}
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:

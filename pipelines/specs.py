@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from curate.filters.balance import CAP_RULES, UNMATCHED_POLICIES
 from curate.filters.dedup import NEAR_METHODS
 from curate.filters.image import PIL_DEFAULT_MAX_PIXELS
 from curate.filters.select import DEFAULT_LANGUAGE_KEY
@@ -37,6 +38,9 @@ SAMPLE_CORPUS_SCHEMA: Schema = {
     "sample_corpus.seed": Option(int, "seed of the built-in sample corpus", default=0),
     "sample_corpus.noise": Option(float, "fraction of noisy samples in the built-in corpus", min=0, max=1,
                                   default=0.3),
+    "sample_corpus.mix": Option(str, "default: 5 languages, every concept equally often; skewed: the 12 "
+                                "metadata languages with a long tail of languages and concepts (curate/synth.py)",
+                                choices=("default", "skewed"), default="default"),
 }
 SCORER_SCHEMA: Schema = {
     "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs), checked on the "
@@ -90,6 +94,29 @@ DEDUP_SCHEMA: Schema = {
     "decontaminate.threshold": Option(float, "image cosine to an evaluation image at or above which a "
                                       "sample is dropped (same scale as dedup.near_threshold)", min=0, max=1,
                                       default=0.96),
+}
+BALANCE_SCHEMA: Schema = {
+    "balance.enabled": Option(bool, "MetaCLIP's balancing over metadata entries, after the basic filters and "
+                              "before CLIP selection (README \"Balancing concepts and languages\")", default=False),
+    "balance.metadata": Option(str, "folder of LANGUAGE.txt entry lists (one entry per line, # comments); null = "
+                               "the shipped physical-concept lists (configs/metadata)", nullable=True, default=None),
+    "balance.cap": Option(float, "t: an entry matched more often keeps each match with probability t/count "
+                          "(MetaCLIP: 20,000 for 400M pairs); with caps tail_share, the reference language's t",
+                          min=0, default=20000.0),
+    "balance.caps": Option(str, "fixed: every language capped at balance.cap; tail_share: MetaCLIP 2, each "
+                           "language's cap keeps the reference language's share of tail matches",
+                           choices=CAP_RULES, default="fixed"),
+    "balance.reference_language": Option(str, "caps tail_share: the language whose cap is balance.cap",
+                                         default="en"),
+    "balance.language_caps": Option(dict, "cap per metadata language (file stem, e.g. de), over the rule of "
+                                    "balance.caps", min=0, default={}),
+    "balance.unmatched": Option(str, "samples whose caption matches no entry: keep (unsampled) or drop "
+                                "(MetaCLIP, whose 500k entries match most captions; the shipped lists are "
+                                "physical concepts only)", choices=UNMATCHED_POLICIES, default="keep"),
+    "balance.seed": Option(int, "seed of the draws (a hash of seed, key and entry: no worker or order "
+                           "dependence)", min=0, default=0),
+    "balance.coverage": Option(bool, "match captions and write the coverage audit (report.json) even when not "
+                               "balancing", default=True),
 }
 INGEST_SCHEMA: Schema = {
     "ingest.url_col": Option(str, "column holding the image URL (LAION parquet: URL; a CC12M tsv without header: "
@@ -149,6 +176,7 @@ LAION_FILTER_SCHEMA: Schema = {
     "filters.min_caption_chars": Option(int, "drop captions with fewer characters", min=0, default=6),
     "filters.boilerplate_captions": Option(bool, "drop file-name and web-boilerplate captions (IMG_1234.jpg, "
                                            "click here, ...)", default=True),
+    **BALANCE_SCHEMA,
     **SCORER_SCHEMA,
     "select.mode": Option(str, "threshold: absolute cosine (LAION); language: per-language thresholds; "
                           "fraction: top fraction of the corpus (DataComp); language_fraction: top fraction "
@@ -198,6 +226,7 @@ INGEST_PIPELINE_SCHEMA: Schema = {
 SECTIONS = {
     "sample_corpus": "used only when input is null; generated into OUTPUT/sample_corpus",
     "filters": "DataComp's basic filter (language selection is a separate step)",
+    "balance": "MetaCLIP / MetaCLIP 2 balancing over metadata entries (configs/metadata), and the coverage audit",
     "decontaminate": "drop samples whose image is a copy of an evaluation image",
     "dedup.semdedup": "SemDeDup (Abbas et al. 2023) after near dedup, within k-means clusters",
     **FORMAT_SECTIONS,

@@ -134,3 +134,16 @@ def test_head_to_tail_ratio():
     with pytest.raises(ValueError):
         head_to_tail_ratio([1, 2], head_fraction=1.5)
     assert balance.UNMATCHED_POLICIES == ("keep", "drop")
+
+
+def test_caps_by_language_rules_overrides_and_fallback():
+    counts = {"en": {"a": 100, "b": 10, "c": 1}, "de": {"x": 50, "y": 5}}
+    assert balance.caps_by_language(counts, 20) == ({"de": 20.0, "en": 20.0}, None)
+    derived, note = balance.caps_by_language(counts, 20, "tail_share")
+    assert note is None and derived == {k: float(v) for k, v in balance.language_caps(counts, 20).items()}
+    caps, _ = balance.caps_by_language(counts, 20, "tail_share", overrides={"de": 7})
+    assert caps["de"] == 7.0 and caps["en"] == 20.0
+    caps, note = balance.caps_by_language({"de": {"x": 50}}, 20, "tail_share")  # no English to carry over
+    assert caps == {"de": 20.0} and "tail_share not applied" in note
+    with pytest.raises(ValueError):
+        balance.caps_by_language(counts, 20, "median")

@@ -76,8 +76,8 @@ def test_evaluation_images_are_kept_out_of_every_subset(box):
     assert report["config"]["decontaminate.eval_set"].endswith("eval_embeddings.npy")
 
 
-def _direct_accuracy(checkpoint: str, dataset_dir: str) -> float:
-    """Zero-shot top-1 on one built-in set, computed here without clip_benchmark."""
+def _direct_accuracy(checkpoint: str, dataset_dir: str) -> tuple[float, dict[str, float]]:
+    """Zero-shot top-1 on one built-in set, and per class name, computed here without clip_benchmark."""
     import open_clip
 
     from curate.models.clip import TINY_MODEL, register_model_configs
@@ -95,8 +95,9 @@ def _direct_accuracy(checkpoint: str, dataset_dir: str) -> float:
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(torch.stack(images)), dim=-1)
         txt = torch.nn.functional.normalize(model.encode_text(tokenizer(classnames)), dim=-1)
-    pred = (img @ txt.T).argmax(dim=1).numpy()
-    return float(np.mean(pred == np.array(labels)))
+    pred, labels = (img @ txt.T).argmax(dim=1).numpy(), np.array(labels)
+    per_class = {name: float(np.mean(pred[labels == i] == i)) for i, name in enumerate(classnames) if (labels == i).any()}
+    return float(np.mean(pred == labels)), per_class
 
 
 def test_reported_accuracy_equals_a_direct_zero_shot_computation(box):
@@ -104,8 +105,9 @@ def test_reported_accuracy_equals_a_direct_zero_shot_computation(box):
     run = next(r for r in doc["runs"] if r["subset"] == "curated")
     checkpoint = os.path.join(out, "runs", "curated-seed0", "checkpoints", "epoch_1.pt")
     for name in ("colour_en", "shape_ru"):
-        assert run["metrics"][name]["acc1"] == pytest.approx(_direct_accuracy(checkpoint, os.path.join(out, "eval", name)),
-                                                             abs=1e-6)
+        acc1, per_class = _direct_accuracy(checkpoint, os.path.join(out, "eval", name))
+        assert run["metrics"][name]["acc1"] == pytest.approx(acc1, abs=1e-6)
+        assert run["metrics"][name]["per_class_acc1"] == pytest.approx(per_class, abs=1e-6)
 
 
 def test_clip_benchmarks_own_cli_reads_a_built_in_set_and_agrees(box, tmp_path):

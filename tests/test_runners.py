@@ -60,10 +60,12 @@ def test_dask_cluster_run_equals_direct_run(corpus, direct, tmp_path):
 
 
 # Every two-pass step at once: clustered near dedup (centroids as a side input, components in rounds),
-# SemDeDup's target fraction and the top-fraction cut. About 3.5 minutes on 2 cores, so it runs with
-# `python -m pytest -m slow` (README "Tests"), not in the default suite.
+# SemDeDup's target fraction, the top-fraction cut and metadata balancing (combiner counts as a side
+# input). About 3.5 minutes on 2 cores, so it runs with `python -m pytest -m slow` (README "Tests"),
+# not in the default suite.
 TWO_PASS = ("--set", "dedup.near_flat_max=20", "--set", "dedup.semdedup.enabled=true",
-            "--set", "dedup.semdedup.target_fraction=0.8", "--set", "select.mode=fraction")
+            "--set", "dedup.semdedup.target_fraction=0.8", "--set", "select.mode=fraction",
+            "--set", "balance.enabled=true", "--set", "balance.cap=10")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 
+from curate import synth
 from curate.models.clip import TINY_MODEL
 from curate.quality import evalsets, results, subsets
 from curate.quality.evaluate import EvalSuiteError, discover, evaluate_checkpoint
@@ -59,8 +60,11 @@ def parse_args(argv):
     box = ap.add_argument_group("DataComp in a box (no --subset)")
     box.add_argument("--pool-samples", type=int, default=8000, help="size of the built-in sample pool")
     box.add_argument("--noise", type=float, default=0.3, help="noisy share of the pool (curate.synth's default)")
-    box.add_argument("--recipes", default=",".join(subsets.RECIPES),
+    box.add_argument("--recipes", default=",".join(subsets.DEFAULT_RECIPES),
                      help=f"laion_filter recipes to compare with the raw pool (of {', '.join(subsets.RECIPES)})")
+    box.add_argument("--mix", choices=synth.MIXES, default="default",
+                     help="the pool's mix (curate.synth): skewed = 12 languages with a long tail of languages and "
+                          "concepts; the built-in suite then covers all 12 languages")
     suite = ap.add_argument_group("built-in evaluation suite (no --eval)")
     suite.add_argument("--eval-images", type=int, default=500, help="images per concept task")
     suite.add_argument("--eval-pairs", type=int, default=500, help="retrieval pairs per language")
@@ -117,7 +121,7 @@ def check(args) -> tuple[list[Subset], list[str]]:
 
 def _identity(args, given: list[Subset], device: str) -> dict:
     """What a finished checkpoint or subset in --out depends on: a rerun must match it."""
-    keys = ["samples_seen", "model", "batch_size", "lr", "workers"]
+    keys = ["samples_seen", "model", "batch_size", "lr", "workers", "mix"]
     if not args.subset:
         keys += ["pool_samples", "noise"]
     if not args.eval:
@@ -141,6 +145,11 @@ def _claim(out: str, identity: dict) -> None:
         json.dump(identity, f, indent=2, sort_keys=True)
 
 
+def _suite_languages(args) -> list[str]:
+    """The built-in suite's languages: the pool's (--subset runs: the default corpus's)."""
+    return synth.ALL_LANGUAGES if getattr(args, "mix", "default") == "skewed" else synth.LANGUAGES
+
+
 def _datasets(args, out: str):
     if args.eval:
         return [d for e in args.eval for d in discover(e)]
@@ -148,7 +157,7 @@ def _datasets(args, out: str):
     done = os.path.join(suite, "complete")
     if not os.path.exists(done):
         print(f"[quality] writing the built-in evaluation suite to {suite}", flush=True)
-        evalsets.write_suite(suite, EVAL_SEED, args.eval_images, args.eval_pairs)
+        evalsets.write_suite(suite, EVAL_SEED, args.eval_images, args.eval_pairs, _suite_languages(args))
         open(done, "w").close()
     return discover(suite)
 
@@ -156,7 +165,7 @@ def _datasets(args, out: str):
 def _make_subsets(args, recipes: list[str], datasets, out: str) -> tuple[list[Subset], dict]:
     """DataComp in a box: pool, recipes (decontaminated against the suite), raw pool; and the hygiene record."""
     print(f"[quality] sample pool: {args.pool_samples:,} samples of the built-in corpus (seed {POOL_SEED})", flush=True)
-    pool = subsets.make_pool(os.path.join(out, "pool"), args.pool_samples, POOL_SEED, args.noise)
+    pool = subsets.make_pool(os.path.join(out, "pool"), args.pool_samples, POOL_SEED, args.noise, args.mix)
     images = subsets.export_eval_images([d.path for d in datasets], os.path.join(out, "hygiene", "eval_images"))
     emb = subsets.embed_eval_images(images, os.path.join(out, "hygiene", "eval_embeddings.npy"))
     made = {}

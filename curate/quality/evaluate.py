@@ -88,8 +88,9 @@ def load(dataset: EvalDataset, transform):
 
 
 def evaluate_dataset(model, transform, tokenizer, dataset: EvalDataset, device: str = "cpu",
-                     batch_size: int = 256) -> dict[str, float]:
-    """clip_benchmark's metrics for one dataset: acc1 (+ mean_per_class_recall) or recall@1/5 both ways."""
+                     batch_size: int = 256) -> dict:
+    """clip_benchmark's metrics for one dataset: acc1 (+ mean_per_class_recall and per_class_acc1, a
+    dict) or recall@1/5 both ways."""
     import torch
     from clip_benchmark.metrics import zeroshot_retrieval
 
@@ -105,7 +106,7 @@ def evaluate_dataset(model, transform, tokenizer, dataset: EvalDataset, device: 
                                               recall_k_list=list(RECALL_K))
         else:
             out = _classification(model, loader, tokenizer, data.classes, data.templates, device, amp)
-    return {k: float(v) for k, v in out.items()}
+    return {k: v if isinstance(v, dict) else float(v) for k, v in out.items()}
 
 
 @contextlib.contextmanager
@@ -135,7 +136,11 @@ def _classification(model, loader, tokenizer, classnames, templates, device, amp
     with warnings.catch_warnings():  # a small set may lack a class the model predicts: that is no error
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         recall = balanced_accuracy_score(target, pred)
-    return {"acc1": (pred == target).float().mean().item(), "mean_per_class_recall": recall}
+    # per class: where a skewed training corpus shows (its tail concepts; benchmarks/balance_quality.py)
+    per_class = {name: (pred[target == i] == i).float().mean().item()
+                 for i, name in enumerate(classnames) if (target == i).any()}
+    return {"acc1": (pred == target).float().mean().item(), "mean_per_class_recall": recall,
+            "per_class_acc1": per_class}
 
 
 def headline(dataset: EvalDataset, metrics: dict[str, float]) -> float:

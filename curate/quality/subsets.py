@@ -25,6 +25,8 @@ from curate.quality.training import Subset
 
 RAW = "raw"
 DEFAULT = "curated"
+BALANCE = ("balance.enabled=true", "balance.cap=50")
+LANGUAGE_TOP = ("select.mode=language_fraction", "select.fraction=0.5")
 # Recipe name -> laion_filter --set overrides (the default recipe has none).
 RECIPES: dict[str, tuple[str, ...]] = {
     DEFAULT: (),
@@ -34,7 +36,15 @@ RECIPES: dict[str, tuple[str, ...]] = {
                         "filters.min_caption_words=0", "filters.min_caption_chars=0",
                         "filters.boilerplate_captions=false"),
     "clip_top30": ("select.mode=fraction", "select.fraction=0.3"),
+    # Balancing (README "Balancing concepts and languages"), for a pool in the skewed mix (--mix skewed):
+    # cap 50 keeps about 42% of the 8,000-sample pool's English captions and nearly all of every other
+    # language; language_top keeps the top half of CLIP scores within each language.
+    "balanced": BALANCE,
+    "language_top": LANGUAGE_TOP,
+    "language_top_balanced": (*LANGUAGE_TOP, *BALANCE),
 }
+# What `--recipes` runs unless told: the default recipe and the ablations of its steps.
+DEFAULT_RECIPES = (DEFAULT, "no_clip_select", "no_dedup", "no_basic_filter", "clip_top30")
 DECONTAMINATION_THRESHOLD = 0.96  # laion_filter's decontaminate.threshold default; passed explicitly
 
 
@@ -42,10 +52,11 @@ class RecipeError(RuntimeError):
     """A laion_filter run of a recipe failed; one line, its own output says why."""
 
 
-def make_pool(out: str, samples: int, seed: int, noise: float) -> str:
-    """The raw pool (curate.synth's corpus); reused when already complete."""
+def make_pool(out: str, samples: int, seed: int, noise: float, mix: str = "default") -> str:
+    """The raw pool (curate.synth's corpus in ``mix``); reused when already complete."""
     if not os.path.exists(os.path.join(out, "ground_truth.parquet")):
-        synth.generate(out, samples, seed=seed, noise=noise, shard_size=1000, processes=os.cpu_count() or 1)
+        synth.generate(out, samples, seed=seed, noise=noise, shard_size=1000, processes=os.cpu_count() or 1,
+                       mix=mix)
     return out
 
 
