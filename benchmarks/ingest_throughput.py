@@ -9,6 +9,13 @@ processes of T download threads, both resizing to 256 (keep_ratio, jpg q95, sha2
 defaults). Prints images/s two ways: over the whole command's wall time (start-up included), and over
 the span its shards were being downloaded (first shard start to last shard end, from the
 NNNNN_stats.json both tools write), plus per core. Target: curate >= 0.9x img2dataset.
+
+curate runs twice per repeat: ``curate (politeness off)`` with what ingest did before per-host
+politeness existed (no per-host limits, robots.txt and TDM opt-outs not fetched, no retries, no DNS
+cache: today's behaviour), and ``curate (limits not hit)`` with the politeness on (robots.txt and
+tdmrep.json fetched, retries and DNS cache as the defaults) and per-host limits above what the run
+reaches (connections = threads, 100,000 requests/s). The last line prints their ratio on the
+shard span (target: >= 0.95x).
 """
 from __future__ import annotations
 
@@ -60,14 +67,30 @@ def run_img2dataset(urls: str, out: str, args) -> list[str]:
             "--timeout", "10"]
 
 
-def run_curate(urls: str, out: str, args) -> list[str]:
+# Politeness settings of the two curate runs (see the module doc).
+POLITENESS_OFF = {"per_host_connections": 0, "per_host_rate": 0, "respect_robots_txt": "false",
+                  "respect_tdmrep": "false", "retries": 0, "dns_ttl": 0}
+LIMITS_NOT_HIT = {"per_host_connections": None, "per_host_rate": 100000}  # None: the thread count
+
+
+def run_curate(urls: str, out: str, args, politeness: dict) -> list[str]:
     workers = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.processes}"] \
         if args.processes > 1 else []
+    polite = []
+    for key, value in politeness.items():
+        polite += ["--set", f"ingest.{key}={args.threads if value is None else value}"]
     return [sys.executable, "-m", "curate.run", "--pipeline", "ingest", "--input", urls, "--output", out,
             "--set", "ingest.image_size=256", "--set", "ingest.resize_mode=keep_ratio",
             "--set", "ingest.resize_only_if_bigger=false", "--set", f"ingest.samples_per_shard={args.shard}",
             "--set", f"ingest.thread_count={args.threads}", "--set", "ingest.allow_networks=127.0.0.0/8",
-            *workers]
+            *polite, *workers]
+
+
+TOOLS = {
+    "img2dataset": run_img2dataset,
+    "curate (politeness off)": lambda urls, out, args: run_curate(urls, out, args, POLITENESS_OFF),
+    "curate (limits not hit)": lambda urls, out, args: run_curate(urls, out, args, LIMITS_NOT_HIT),
+}
 
 
 def main(argv=None) -> int:
@@ -89,10 +112,10 @@ def main(argv=None) -> int:
         urls = os.path.join(work, "urls.parquet")
         pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.urls)],
                                  "caption": [f"synthetic scene number {i}" for i in range(args.urls)]}), urls)
-        results = {"img2dataset": [], "curate": []}
+        results = {tool: [] for tool in TOOLS}
         for rep in range(args.repeats):
-            for tool, command in (("img2dataset", run_img2dataset), ("curate", run_curate)):
-                out = os.path.join(work, f"{tool}-{rep}")
+            for n, (tool, command) in enumerate(TOOLS.items()):
+                out = os.path.join(work, f"tool{n}-{rep}")
                 before = load()
                 t0 = time.time()
                 p = subprocess.run(command(urls, out, args), capture_output=True, text=True, env=env, cwd=ROOT, check=False)
@@ -100,9 +123,9 @@ def main(argv=None) -> int:
                 if p.returncode:
                     print(p.stderr[-3000:], file=sys.stderr)
                     return 1
-                span, ok, shards = shard_span(os.path.join(out, "raw") if tool == "curate" else out)
+                span, ok, shards = shard_span(os.path.join(out, "raw") if tool.startswith("curate") else out)
                 results[tool].append((wall, span, ok, before, load()))
-                print(f"  {tool:<12} run {rep + 1}: {ok} images, wall {wall:.1f}s, shards {span:.1f}s, "
+                print(f"  {tool:<24} run {rep + 1}: {ok} images, wall {wall:.1f}s, shards {span:.1f}s, "
                       f"load {before} -> {load()}; shards (s from first start): {shards}", flush=True)
                 shutil.rmtree(out)
     finally:
@@ -115,15 +138,18 @@ def main(argv=None) -> int:
           f"{args.processes} processes x {args.threads} threads, {os.cpu_count()} cores; median of {args.repeats}")
     print("| tool | images | wall s | images/s (wall) | shard s | images/s (shards) | per core (shards) | vs img2dataset |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = None
-    for tool in ("img2dataset", "curate"):
+    base, rates = None, {}
+    for tool in TOOLS:
         wall = statistics.median(r[0] for r in results[tool])
         span = statistics.median(r[1] for r in results[tool])
         ok = results[tool][0][2]
         rate = ok / span
-        base = base or rate
+        base, rates[tool] = base or rate, rate
         print(f"| {tool} | {ok} | {wall:.1f} | {ok / wall:.1f} | {span:.1f} | {rate:.1f} | {rate / cores:.1f} | "
               f"{rate / base:.2f}x |")
+    ratio = rates["curate (limits not hit)"] / rates["curate (politeness off)"]
+    print(f"\nlimits not hit vs politeness off (today's behaviour), images/s over the shard span: {ratio:.2f}x "
+          f"(target >= 0.95x)")
     return 0
 
 

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import time
+import urllib.parse
+import uuid
 
 import apache_beam as beam
 import pyarrow as pa
@@ -21,7 +23,7 @@ from pyarrow import feather
 
 from curate import fs, progress
 from curate.decisions import InputCount, write_decision_file
-from curate.ingest import guard, table
+from curate.ingest import guard, polite, table
 from curate.ingest.shard import Settings, ShardTask, is_finished, retryable, shard_name
 from curate.io import read_parquet, write_bytes
 from curate.outputs import done
@@ -55,7 +57,13 @@ def settings(cfg: dict) -> Settings:
         extract_exif=cfg["ingest.extract_exif"], user_agent_token=token.strip().lower() if token else None,
         disallowed_header_directives=directives,
         policy=guard.Policy.from_config(cfg["ingest.max_image_bytes"], cfg["ingest.deadline_seconds"],
-                                        cfg["ingest.allow_networks"], cfg["ingest.check_content_type"]))
+                                        cfg["ingest.allow_networks"], cfg["ingest.check_content_type"]),
+        limits=polite.Limits(
+            per_host_connections=cfg["ingest.per_host_connections"], per_host_rate=cfg["ingest.per_host_rate"],
+            retries=cfg["ingest.retries"], backoff_base=cfg["ingest.backoff_base"],
+            backoff_max=cfg["ingest.backoff_max"], backoff_jitter=cfg["ingest.backoff_jitter"],
+            max_retry_after=cfg["ingest.max_retry_after"], respect_robots_txt=cfg["ingest.respect_robots_txt"],
+            respect_tdmrep=cfg["ingest.respect_tdmrep"], dns_ttl=cfg["ingest.dns_ttl"]))
 
 
 def check_input(cfg: dict) -> None:
@@ -110,10 +118,26 @@ def plan(cfg: dict, write: bool = True) -> list[ShardTask]:
     return tasks
 
 
+def host_order(urls: list) -> list[int]:
+    """Row positions sorted by the URL's host name (lower-cased; a URL without one sorts first), in
+    table order within a host: cut into shards, one host's URLs land in as few shards, and so in as
+    few worker processes at once, as their count allows (ingest.group_by_host)."""
+    def host(url):
+        try:
+            return (urllib.parse.urlsplit(url.strip()).hostname or "") if isinstance(url, str) else ""
+        except ValueError:
+            return ""
+    return sorted(range(len(urls)), key=lambda i: (host(urls[i]), i))
+
+
 def _plan_shards(cfg: dict, raw: str, pending: str, write: bool = True) -> list[ShardTask]:
     n, tasks, shard_id = cfg["ingest.samples_per_shard"], [], 0
     for path in table.list_tables(cfg["input"]):
         rows = table.read_table(path, cfg["ingest.url_col"], cfg["ingest.caption_col"])
+        order = None
+        if cfg["ingest.group_by_host"]:
+            order = host_order(rows.column("url").to_pylist())
+            rows = rows.take(order)
         # img2dataset's column order: carried columns, caption, url
         columns = [c for c in rows.column_names if c not in ("caption", "url")] + [
             c for c in ("caption", "url") if c in rows.column_names]
@@ -128,7 +152,8 @@ def _plan_shards(cfg: dict, raw: str, pending: str, write: bool = True) -> list[
                 if write:
                     _write_rows(target, todo)
                 tasks.append(ShardTask(shard_id, target, path, start, table_rows=min(n, rows.num_rows - start),
-                                       shards=0, retry=is_finished(raw, shard_id)))
+                                       shards=0, retry=is_finished(raw, shard_id),
+                                       source_rows=None if order is None else tuple(order[start:start + n])))
             shard_id += 1
     return [dataclasses.replace(t, shards=shard_id) for t in tasks]  # the total is known only now
 
@@ -157,14 +182,17 @@ def _failed_rows(parquet: str, columns: list[str]) -> pa.Table:
 
 def decision_rows(task: ShardTask, s: Settings, rows: pa.Table, successes: bool) -> list[dict]:
     """One decisions-table row per input row (only failures when ``successes`` is False: then a
-    later stage decides about the downloaded samples)."""
+    later stage decides about the downloaded samples), with its ``attempts`` (requests started for
+    the URL; the shard parquet's ``attempts`` column has them for every row)."""
     out = []
-    for r in rows.select(["key", "status", "reason", "error_message", "url", "width", "height"]).to_pylist():
+    names = ["key", "status", "reason", "error_message", "url", "width", "height"]
+    for r in rows.select([*names, *(["attempts"] if "attempts" in rows.column_names else [])]).to_pylist():
         if r["reason"] is None and not successes:
             continue
         row = dict.fromkeys(DECISION_SCHEMA.names)
-        row.update(key=r["key"], source_shard=task.source, source_index=task.first_row + s.index(task.shard_id, r["key"]),
+        row.update(key=r["key"], source_shard=task.source, source_index=task.source_index(s.index(task.shard_id, r["key"])),
                    kept=r["reason"] is None, reason=r["reason"], stage=INGEST, width=r["width"], height=r["height"],
+                   attempts=r.get("attempts"),
                    detail=None if r["reason"] is None else f"{r['error_message']}; url {str(r['url'])[:500]}")
         out.append(row)
     return out
@@ -173,14 +201,16 @@ def decision_rows(task: ShardTask, s: Settings, rows: pa.Table, successes: bool)
 class DownloadShardFn(beam.DoFn):
     """ShardTask -> the shard in OUT/raw (img2dataset's files) and its rows in OUT/decisions."""
 
-    def __init__(self, s: Settings, out: str, successes: bool):
-        self._s, self._out, self._successes = s, out, successes
+    def __init__(self, s: Settings, out: str, successes: bool, run_id: str):
+        self._s, self._out, self._successes, self._run_id = s, out, successes, run_id
 
     def setup(self):
         # img2dataset takes seconds to import: once per worker, before its first shard, not in the CLI.
         from curate.ingest.download import download_shard
 
         self._download_shard = download_shard
+        # Per-host limits, robots.txt and DNS caches: one per worker process for this run.
+        self._session = polite.session(self._run_id, self._s)
 
     def process(self, task: ShardTask):
         folder = fs.join(self._out, "decisions")
@@ -197,7 +227,8 @@ class DownloadShardFn(beam.DoFn):
         t0 = time.perf_counter()
         if not progress.advance("ingest", 0, " rows", status=f"downloading {shard_name(task.shard_id)}"):
             log.info("downloading shard %s%s", shard_name(task.shard_id), " (retrying its failed rows)" if task.retry else "")
-        rows = self._download_shard(task, self._s, fs.join(self._out, RAW), on_rows=write_decisions)
+        rows = self._download_shard(task, self._s, fs.join(self._out, RAW), on_rows=write_decisions,
+                                    session=self._session)
         _remove_if_empty(fs.join(self._out, RAW, ".pending"))  # the last shard done leaves none behind
         ok = sum(r is None for r in rows.column("reason").to_pylist())
         seconds = time.perf_counter() - t0
@@ -221,7 +252,7 @@ class Ingest(beam.PTransform):
                    | "PlannedShards" >> beam.Create(self._tasks)
                    | "Spread" >> beam.Reshuffle()
                    | "DownloadShard" >> beam.ParDo(DownloadShardFn(settings(self._cfg), self._cfg["output"],
-                                                                   self._successes)))
+                                                                   self._successes, uuid.uuid4().hex)))
         return done([written])
 
 

@@ -127,7 +127,30 @@ INGEST_SCHEMA: Schema = {
     "ingest.thread_count": Option(int, "download threads per worker process", min=1, default=32),
     "ingest.timeout": Option(float, "seconds a connect or a read may wait (img2dataset's timeout)", min=0.1,
                              default=10.0),
-    "ingest.retries": Option(int, "extra attempts for a failed download", min=0, default=0),
+    "ingest.retries": Option(int, "retries of a transient failure (timeout, connection error, HTTP 408, 429, 5xx) "
+                             "after an exponential backoff; never another 4xx, never past deadline_seconds from "
+                             "the first attempt", min=0, default=2),
+    "ingest.backoff_base": Option(float, "seconds before the first retry; doubled for each further one",
+                                  min=0, default=1.0),
+    "ingest.backoff_max": Option(float, "longest wait between two attempts (s), before jitter", min=0,
+                                 default=60.0),
+    "ingest.backoff_jitter": Option(float, "share of each backoff taken off at random (0 = exact schedule, 1 = "
+                                    "full jitter)", min=0, max=1, default=0.5),
+    "ingest.max_retry_after": Option(float, "longest Retry-After (of a 429 or 503) honoured, in seconds; the "
+                                     "host pauses that long for the whole worker process", min=0, default=120.0),
+    "ingest.per_host_connections": Option(int, "requests at once to one host, per worker process (all its "
+                                          "threads); 0 = no limit", min=0, default=4),
+    "ingest.per_host_rate": Option(float, "requests per second started to one host, per worker process (at most "
+                                   "one every 1/rate s); 0 = no limit", min=0, default=10.0),
+    "ingest.group_by_host": Option(bool, "cut shards from the table sorted by host name, so that one host's URLs "
+                                   "land in few shards and worker processes (keys follow that order)",
+                                   default=False),
+    "ingest.respect_robots_txt": Option(bool, "fetch each site's robots.txt once per worker process and skip what "
+                                        "it disallows to user_agent_token (or *)", default=True),
+    "ingest.respect_tdmrep": Option(bool, "honour the TDM Reservation Protocol: a tdm-reservation: 1 response "
+                                    "header or the site's /.well-known/tdmrep.json opts out", default=True),
+    "ingest.dns_ttl": Option(float, "seconds a host name's addresses (or its failure) are reused, per worker "
+                             "process; 0 = resolve at every connect", min=0, default=300.0),
     "ingest.image_size": Option(int, "target size of the resize (px)", min=1, default=512),
     "ingest.resize_mode": Option(str, "img2dataset's resize mode", choices=(
         "no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"), default="keep_ratio_largest"),

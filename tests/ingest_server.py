@@ -1,8 +1,14 @@
-"""A local HTTP server on 127.0.0.1 for ingest tests and the ingest benchmark.
+"""A local HTTP server on 127.0.0.1 (or another loopback address) for ingest tests and the ingest benchmark.
 
 Serves synthetic images (curate.synth scenes) at /img/N.jpg and answers the faults a web crawl
 meets at the other paths (FAULTS: path -> the reason the row must end with). Runs in a thread of
 the test process; ``python tests/ingest_server.py --port P`` runs it alone (the ingest benchmark).
+
+Politeness tests run one server per loopback address (127.0.0.1, 127.0.0.2, ... are distinct
+hosts): ``log`` holds every request (path, arrival, and when its answer was about to be sent:
+the client may start its next request as soon as it has read it), ``max_active`` the most requests
+served at once; ``robots`` and ``tdmrep`` set what /robots.txt and /.well-known/tdmrep.json answer.
+``hits`` counts requests per path except those two site files (what a row's download asked for).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ FAULTS = {
     "/huge": "too_large",                      # Content-Length above the byte cap
     "/loop": "redirect_error",                 # redirects to itself
 }
+SITE_FILES = ("/robots.txt", "/.well-known/tdmrep.json")
 SLOW_SECONDS = 4.0
 SLOW_IMAGE_SECONDS = 0.2
 
@@ -76,7 +83,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        self._finish()
         self.wfile.write(body)
+
+    def _finish(self):
+        """The request counts as served once its answer is about to go out: the client may start
+        its next request as soon as it has the body, before this thread runs again."""
+        if self._started is None:
+            return
+        srv = self.server
+        with srv.lock:
+            srv.active -= 1
+            srv.log.append((self.path.split("?")[0], self._started, time.monotonic()))
+        self._started = None
 
     def _redirect(self, code: int, location: str):
         self.send_response(code)
@@ -86,10 +105,52 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv, path = self.server, self.path.split("?")[0]
+        self._started = time.monotonic()
         with srv.lock:
-            srv.hits[path] = srv.hits.get(path, 0) + 1
+            if path not in SITE_FILES:
+                srv.hits[path] = srv.hits.get(path, 0) + 1
+            srv.active += 1
+            srv.max_active = max(srv.max_active, srv.active)
+            count = srv.hits.get(path, 0)
         try:
-            if path.startswith("/img/"):
+            self._answer(srv, path, count)
+        finally:
+            self._finish()
+
+    def _site_file(self, answer, ctype: str):
+        """None: 404; an int: that status; "hang": no answer within SLOW_SECONDS; text: 200."""
+        if answer is None:
+            self._send(404, b"none", "text/plain")
+        elif isinstance(answer, int):
+            self._send(answer, b"status", "text/plain")
+        elif answer == "hang":
+            time.sleep(SLOW_SECONDS)
+            self._send(503, b"late", "text/plain")
+        else:
+            self._send(200, answer.encode(), ctype)
+
+    def _answer(self, srv, path: str, count: int):
+        try:
+            if path == "/robots.txt":
+                self._site_file(srv.robots, "text/plain")
+            elif path == "/.well-known/tdmrep.json":
+                self._site_file(srv.tdmrep, "application/json")
+            elif path.startswith("/hold/"):  # an image after srv.hold seconds: requests overlap
+                time.sleep(srv.hold)
+                self._send(200, srv.image(int(path.rsplit("/", 1)[1].split(".")[0])))
+            elif path.startswith("/flap/"):
+                # /flap/CODE/K/RA/N.jpg: the first K requests answer CODE (Retry-After: RA unless "-"),
+                # then image N
+                _, _, code, k, ra, name = path.split("/")
+                if count <= int(k):
+                    self._send(int(code), b"busy", "text/plain", headers={} if ra == "-" else {
+                        "Retry-After": ra.replace("_", " ")})
+                else:
+                    self._send(200, srv.image(int(name.split(".")[0])))
+            elif path.startswith("/tdm/"):  # an image whose response reserves TDM rights
+                self._send(200, srv.image(int(path.rsplit("/", 1)[1].split(".")[0])),
+                           headers={"tdm-reservation": "1", "tdm-policy": "https://example.test/policy.json"})
+            elif path.startswith("/img/"):
                 index = int(path[len("/img/"):].split(".")[0])
                 self._send(200, srv.image(index))
             elif path.startswith("/img-slow/"):  # an image after SLOW_IMAGE_SECONDS: keeps a shard in progress
@@ -164,9 +225,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class FaultServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int = 0, image_size: tuple[int, int] | None = None):
-        super().__init__(("127.0.0.1", port), Handler)
+    def __init__(self, port: int = 0, image_size: tuple[int, int] | None = None, host: str = "127.0.0.1"):
+        super().__init__((host, port), Handler)
         self.lock, self.hits, self.flaky = threading.Lock(), {}, True
+        self.log, self.active, self.max_active, self.hold = [], 0, 0, 0.2
+        self.robots, self.tdmrep = None, None
         self.stopping = threading.Event()
         self._size, self._cache, self.pool = image_size, {}, 0
 
@@ -179,10 +242,10 @@ class FaultServer(http.server.ThreadingHTTPServer):
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
     def __enter__(self):
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
         return self
 
     def __exit__(self, *exc):

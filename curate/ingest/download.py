@@ -1,4 +1,10 @@
-"""One raw shard: img2dataset's Downloader, Resizer and WebDataset writer, made safe to kill and rerun.
+"""One raw shard: img2dataset's Resizer and WebDataset writer behind a host-aware download loop, made
+safe to kill and rerun.
+
+``PoliteDownloader`` is img2dataset's Downloader with its per-shard loop replaced: rows are fetched
+through curate/ingest/polite.py (per-host queues and limits, retries with backoff, robots.txt, TDM
+opt-outs, cached DNS) instead of a plain thread pool in row order, and each row records its
+``attempts``; each result is then resized, hashed and written exactly as img2dataset's loop does.
 
 img2dataset writes straight to final names, in completion order, with the wall clock as tar mtime.
 Here its Downloader writes into a temp folder beside the shard through a writer that orders samples
@@ -12,7 +18,10 @@ stores publish an object only when its upload completes).
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,11 +30,12 @@ import uuid
 import warnings
 from collections import Counter
 
+import exifread
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
-from img2dataset.downloader import Downloader
+from img2dataset.downloader import Downloader, compute_key
 from img2dataset.resizer import Resizer
 from img2dataset.writer import BufferedParquetWriter, WebDatasetSampleWriter
 from PIL import Image
@@ -33,7 +43,7 @@ from pyarrow import feather
 
 from curate import fs
 from curate.filters.image import allow_pil
-from curate.ingest import guard
+from curate.ingest import polite
 from curate.ingest.shard import (
     DECOMPRESSION_BOMB,
     OOM_SHARD_COUNT,
@@ -74,7 +84,8 @@ class PixelLimit:
 
 class OrderedShardWriter(WebDatasetSampleWriter):
     """img2dataset's WebDataset writer, reproducible: samples written in key order at close (image
-    bytes spilled to a temp file meanwhile), fixed tar mtime, and a ``reason`` column per row.
+    bytes spilled to a temp file meanwhile), fixed tar mtime, and ``reason`` and ``attempts`` columns
+    per row.
 
     ``key_map`` renames keys: a retry downloads only failed rows, and they keep their first keys.
     """
@@ -82,7 +93,8 @@ class OrderedShardWriter(WebDatasetSampleWriter):
     def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format,
                  key_map=None):
         super().__init__(shard_id, output_folder, save_caption, oom_shard_count,
-                         schema.append(pa.field("reason", pa.string())), encode_format)
+                         schema.append(pa.field("reason", pa.string())).append(pa.field("attempts", pa.int32())),
+                         encode_format)
         # Same file, nothing written yet by the writer it replaces; only the mtime differs.
         self.tarwriter = wds.TarWriter(self.tar_fd, mtime=TAR_MTIME)
         self._key_map = key_map or {}
@@ -91,7 +103,8 @@ class OrderedShardWriter(WebDatasetSampleWriter):
 
     def write(self, img_str, key, caption, meta):
         key = self._key_map.get(key, key)
-        meta = {**meta, "key": key, "reason": status_reason(meta.get("status"), meta.get("error_message"))}
+        meta = {**meta, "key": key, "reason": status_reason(meta.get("status"), meta.get("error_message")),
+                "attempts": meta.get("attempts")}
         span = None
         if img_str is not None:
             span = (self._spill.tell(), len(img_str))
@@ -116,8 +129,76 @@ def make_resizer(s: Settings) -> PixelLimit:
     return PixelLimit(resizer, s.max_image_pixels)
 
 
-def _downloader(settings: Settings, folder: str, column_list: list[str], key_map=None) -> Downloader:
-    return Downloader(
+class PoliteDownloader(Downloader):
+    """img2dataset's Downloader whose shard loop fetches through a polite.Session (see the module doc)."""
+
+    def __init__(self, *args, session: polite.Session, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._session = session
+
+    def download_shard(self, row):
+        """img2dataset's ``Downloader.download_shard`` (1.47) without hash verification or blurring
+        (curate uses neither), rows fetched by the session; the per-row steps are its own."""
+        shard_id, shard_file = row
+        table = feather.read_table(shard_file, memory_map=False)
+        schema = table.schema
+        for name, kind in (("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
+                           ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+                           ("original_height", pa.int32())):
+            schema = schema.append(pa.field(name, kind))
+        if self.extract_exif:
+            schema = schema.append(pa.field("exif", pa.string()))
+        if self.compute_hash is not None and self.compute_hash not in schema.names:
+            schema = schema.append(pa.field(self.compute_hash, pa.string()))
+        columns = table.select(self.column_list).to_pydict()
+        rows = list(zip(*(columns[c] for c in self.column_list), strict=True))
+        del columns, table
+        url_index = self.column_list.index("url")
+        caption_index = self.column_list.index("caption") if "caption" in self.column_list else None
+        oom_samples = math.ceil(math.log10(self.number_sample_per_shard))
+        writer = self.sample_writer_class(shard_id, self.output_folder, self.save_caption, self.oom_shard_count,
+                                          schema, self.encode_format)
+        for got in self._session.fetch_all([r[url_index] for r in rows], self.thread_count):
+            data = rows[got.index]
+            key = compute_key(got.index, shard_id, oom_samples, self.oom_shard_count)
+            caption = data[caption_index] if caption_index is not None else None
+            meta = {**dict(zip(self.column_list, data, strict=True)), "key": key, "status": None,
+                    "error_message": got.error, "width": None, "height": None, "original_width": None,
+                    "original_height": None}
+            if self.extract_exif:
+                meta["exif"] = None
+            if self.compute_hash is not None:
+                meta[self.compute_hash] = None
+            meta["attempts"] = got.attempts
+            if got.error is not None:
+                meta["status"] = "failed_to_download"
+                writer.write(None, key, caption, meta)
+                continue
+            stream = io.BytesIO(got.body)
+            img, width, height, original_width, original_height, error = self.resizer(stream, None)
+            if error is not None:
+                meta.update(status="failed_to_resize", error_message=error)
+                writer.write(None, key, caption, meta)
+                continue
+            if self.extract_exif:
+                try:
+                    stream.seek(0)
+                    meta["exif"] = json.dumps({k: str(v).strip() for k, v in
+                                               exifread.process_file(stream, details=False).items() if v is not None})
+                except Exception:  # noqa: BLE001 - as img2dataset: unreadable EXIF is no EXIF
+                    meta["exif"] = None
+            if self.compute_hash is not None:
+                meta[self.compute_hash] = getattr(hashlib, self.compute_hash)(got.body).hexdigest()
+            meta.update(status=SUCCESS, width=width, height=height, original_width=original_width,
+                        original_height=original_height)
+            writer.write(img, key, caption, meta)
+        writer.close()
+
+
+def _downloader(settings: Settings, folder: str, column_list: list[str], session: polite.Session,
+                key_map=None) -> Downloader:
+    return PoliteDownloader(
+        session=session,
         sample_writer_class=functools.partial(OrderedShardWriter, key_map=key_map),
         resizer=make_resizer(settings), thread_count=settings.thread_count, save_caption=True,
         extract_exif=settings.extract_exif, output_folder=folder, column_list=column_list,
@@ -142,11 +223,13 @@ def _stats(rows: pa.Table, start: float, end: float, retried: int = 0) -> dict:
     return stats
 
 
-def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=None) -> pa.Table:
+def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=None,
+                   session: polite.Session | None = None) -> pa.Table:
     """Download ``task`` into ``raw_dir`` (local or URL); return the shard's status rows (one per input row).
 
     ``on_rows(rows)`` runs before the shard is marked finished (e.g. to write its decisions), so a
-    finished shard never lacks them.
+    finished shard never lacks them. ``session``: the worker process's polite.Session (per-host
+    limits and caches shared with its other shards); a fresh one when None.
     """
     name = shard_name(task.shard_id)
     if fs.is_local(raw_dir):
@@ -155,7 +238,6 @@ def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=No
     else:  # local scratch for img2dataset's writer; the finished files are uploaded
         work = tempfile.mkdtemp(prefix=f".{name}.tmp-")
     try:
-        guard.install(settings.policy)
         start = time.time()
         rows_file = os.path.join(work, "rows.feather")
         _copy_in(task.rows_path, rows_file)  # the Downloader deletes its input when done
@@ -169,7 +251,8 @@ def download_shard(task: ShardTask, settings: Settings, raw_dir: str, on_rows=No
             key_map = {settings.key(task.shard_id, j): k for j, k in enumerate(keys)}
             feather.write_feather(planned.select(columns), rows_file, compression="uncompressed")
         del planned
-        _downloader(settings, work, columns, key_map).download_shard((task.shard_id, rows_file))
+        _downloader(settings, work, columns, session or polite.Session(settings), key_map).download_shard(
+            (task.shard_id, rows_file))
         tar, parquet = (os.path.join(work, f"{name}.{ext}") for ext in ("tar", "parquet"))
         rows = pq.read_table(parquet)
         if task.retry:

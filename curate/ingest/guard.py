@@ -34,6 +34,9 @@ REFUSED_CREDENTIALS = "refused_credentials"
 TOO_LARGE = "too_large"
 WRONG_CONTENT_TYPE = "wrong_content_type"
 OPTED_OUT = "opted_out"
+OPTED_OUT_TDM = "opted_out_tdm"          # TDM Reservation Protocol: header or /.well-known/tdmrep.json
+ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt forbids the URL to the user agent token
+ROBOTS_UNREACHABLE = "robots_unreachable"  # robots.txt answered 429/5xx or not at all: read as disallowing all
 TIMEOUT = "timeout"
 DNS_ERROR = "dns_error"
 CONNECTION_ERROR = "connection_error"
@@ -41,10 +44,12 @@ BAD_URL = "bad_url"
 REDIRECT_ERROR = "redirect_error"
 DOWNLOAD_ERROR = "download_error"
 REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, REFUSED_CREDENTIALS, TOO_LARGE, WRONG_CONTENT_TYPE, OPTED_OUT,
-                     TIMEOUT, DNS_ERROR, CONNECTION_ERROR, BAD_URL, REDIRECT_ERROR, DOWNLOAD_ERROR})  # plus http_<code>
-# What a retry cannot change: the same URL is refused again by the same policy.
+                     OPTED_OUT_TDM, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE, TIMEOUT, DNS_ERROR, CONNECTION_ERROR,
+                     BAD_URL, REDIRECT_ERROR, DOWNLOAD_ERROR})  # plus http_<code>
+# What a retry cannot change: the same URL is refused again by the same policy (an unreachable
+# robots.txt may answer next time: robots_unreachable is retried by ingest.retry_failed).
 POLICY_REASONS = frozenset({REFUSED_SCHEME, REFUSED_ADDRESS, REFUSED_CREDENTIALS, TOO_LARGE, WRONG_CONTENT_TYPE,
-                            OPTED_OUT, BAD_URL})
+                            OPTED_OUT, OPTED_OUT_TDM, ROBOTS_DISALLOWED, BAD_URL})
 
 ALLOWED_SCHEMES = ("http", "https")
 # Images are also served as generic binary by many CDNs; anything else (text/html ...) is an error page.
@@ -180,14 +185,22 @@ def address_problem(ip: str, allow_networks: tuple = ()) -> str | None:
     return None
 
 
-def _guarded_create_connection(policy: Policy, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
-                               source_address=None, **_):
-    """socket.create_connection that connects only to the resolved addresses the policy allows."""
-    host, port = address
+def resolve(host: str, port: int) -> list:
+    """``socket.getaddrinfo`` for a TCP connection; an unknown name raises Refused(dns_error)."""
     try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise Refused(DNS_ERROR, f"{host}: {e.strerror}") from None
+
+
+def _guarded_create_connection(policy: Policy, resolver, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
+                               source_address=None, **_):
+    """socket.create_connection that connects only to the resolved addresses the policy allows.
+
+    ``resolver(host, port)``: getaddrinfo's answer (``resolve``, or a per-worker cache of it,
+    curate/ingest/polite.py); the addresses it returns are the ones checked and connected to."""
+    host, port = address
+    infos = (resolver or resolve)(host, port)
     problems, last_error = [], None
     for family, kind, proto, _name, sockaddr in infos:
         problem = address_problem(sockaddr[0], policy.allow_networks)
@@ -211,33 +224,34 @@ def _guarded_create_connection(policy: Policy, address, timeout=socket._GLOBAL_D
 
 
 class _HTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, policy: Policy, **kwargs):
+    def __init__(self, *args, policy: Policy, resolver=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_guarded_create_connection, policy)
+        self._create_connection = functools.partial(_guarded_create_connection, policy, resolver)
 
 
 class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, policy: Policy, **kwargs):
+    def __init__(self, *args, policy: Policy, resolver=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_guarded_create_connection, policy)
+        self._create_connection = functools.partial(_guarded_create_connection, policy, resolver)
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, resolver=None):
         super().__init__()
-        self._policy = policy
+        self._policy, self._resolver = policy, resolver
 
     def http_open(self, req):
-        return self.do_open(functools.partial(_HTTPConnection, policy=self._policy), req)
+        return self.do_open(functools.partial(_HTTPConnection, policy=self._policy, resolver=self._resolver), req)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, resolver=None):
         super().__init__()
-        self._policy = policy
+        self._policy, self._resolver = policy, resolver
 
     def https_open(self, req):
-        return self.do_open(functools.partial(_HTTPSConnection, policy=self._policy), req, context=self._context)
+        return self.do_open(functools.partial(_HTTPSConnection, policy=self._policy, resolver=self._resolver), req,
+                            context=self._context)
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -266,12 +280,12 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
 
 
 @functools.lru_cache(maxsize=8)
-def opener(policy: Policy) -> urllib.request.OpenerDirector:
+def opener(policy: Policy, resolver=None) -> urllib.request.OpenerDirector:
     """urllib opener with only http(s), guarded connects and re-checked redirects; no proxies, not
     even from HTTP_PROXY and the like (no ProxyHandler: the guard checks the address it connects
-    to, which with a proxy would be the proxy's)."""
+    to, which with a proxy would be the proxy's). ``resolver``: see _guarded_create_connection."""
     director = urllib.request.OpenerDirector()
-    for handler in (_HTTPHandler(policy), _HTTPSHandler(policy), _RedirectHandler(),
+    for handler in (_HTTPHandler(policy, resolver), _HTTPSHandler(policy, resolver), _RedirectHandler(),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
         director.add_handler(handler)
     return director
@@ -281,9 +295,22 @@ def user_agent(token: str | None) -> str:
     return USER_AGENT + (f" (compatible; {token}; +https://github.com/rom1504/img2dataset)" if token else "")
 
 
+def tdm_reserved(headers) -> bool:
+    """Whether a response reserves text and data mining rights: a ``tdm-reservation`` header of 1
+    (W3C TDM Reservation Protocol, final report 2024, "TDM Reservation in HTTP headers"; 0 or no
+    header: not reserved)."""
+    return any(v.strip() == "1" for v in headers.get_all("tdm-reservation", []))
+
+
 def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = None,
-          disallowed_header_directives=None) -> bytes:
-    """The body of ``url`` under ``policy``; raises Refused or the network error (urllib's)."""
+          disallowed_header_directives=None, *, resolver=None, deadline: float | None = None,
+          respect_tdm: bool = False) -> bytes:
+    """The body of ``url`` under ``policy``; raises Refused or the network error (urllib's).
+
+    ``resolver``: the DNS answers to connect to (see _guarded_create_connection); ``deadline``: a
+    time.monotonic() by which the whole body must have arrived (default: policy.deadline_seconds
+    from now); ``respect_tdm``: a ``tdm-reservation: 1`` header refuses the response (opted_out_tdm).
+    """
     url = check_url(url)
     from img2dataset.downloader import (
         is_disallowed,  # imported here: img2dataset takes seconds to import
@@ -291,11 +318,14 @@ def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = No
 
     request = urllib.request.Request(url, headers={"User-Agent": user_agent(user_agent_token)})
     start = time.monotonic()
-    with opener(policy).open(request, timeout=timeout) as response:
+    until = start + policy.deadline_seconds if deadline is None else deadline
+    with opener(policy, resolver).open(request, timeout=max(0.1, min(timeout, until - start))) as response:
         # img2dataset's own X-Robots-Tag parser: same directives, same user-agent token rule.
         if disallowed_header_directives and is_disallowed(response.headers, user_agent_token,
                                                           disallowed_header_directives):
             raise Refused(OPTED_OUT, f"X-Robots-Tag: {', '.join(response.headers.get_all('X-Robots-Tag', []))}")
+        if respect_tdm and tdm_reserved(response.headers):
+            raise Refused(OPTED_OUT_TDM, "tdm-reservation: 1 (response header)")
         ctype = (response.headers.get_content_type() if response.headers.get("Content-Type") else "")
         if policy.check_content_type and ctype and not (ctype.startswith("image/") or ctype in IMAGE_CONTENT_TYPES):
             raise Refused(WRONG_CONTENT_TYPE, ctype)
@@ -311,9 +341,36 @@ def fetch(url, policy: Policy, timeout: float, user_agent_token: str | None = No
             body.write(chunk)
             if body.tell() > policy.max_bytes:
                 raise Refused(TOO_LARGE, f"more than {policy.max_bytes} bytes")
+            if time.monotonic() > until:
+                raise Refused(TIMEOUT, f"response not complete after {until - start:.3g}s")
+    return body.getvalue()
+
+
+def fetch_site_file(url: str, policy: Policy, timeout: float, user_agent_token: str | None, max_bytes: int,
+                    resolver=None) -> tuple[int, bytes]:
+    """(status, first ``max_bytes`` of the body) of a site-wide file (robots.txt, tdmrep.json):
+    the same guard, redirects and deadline as an image, no Content-Type or X-Robots-Tag check; a
+    longer body is cut (RFC 9309 2.5: a crawler parses at least 500 KiB, and may ignore the rest).
+    An HTTP error status is returned, not raised; other failures raise as ``fetch`` does."""
+    request = urllib.request.Request(check_url(url), headers={"User-Agent": user_agent(user_agent_token)})
+    start = time.monotonic()
+    try:
+        response = opener(policy, resolver).open(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if 300 <= err.code < 400:
+            raise
+        err.close()
+        return err.code, b""
+    with response:
+        body = io.BytesIO()
+        while body.tell() < max_bytes:
+            chunk = response.read1(min(1 << 16, max_bytes - body.tell()))
+            if not chunk:
+                break
+            body.write(chunk)
             if time.monotonic() - start > policy.deadline_seconds:
                 raise Refused(TIMEOUT, f"response not complete after {policy.deadline_seconds:g}s")
-    return body.getvalue()
+        return response.status, body.getvalue()
 
 
 def error_reason(err: BaseException) -> str:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from curate import fs
-from curate.ingest import guard
+from curate.ingest import guard, polite
 
 OOM_SHARD_COUNT = 5  # shard names NNNNN, as img2dataset's default
 SUCCESS = "success"
@@ -51,7 +51,8 @@ def retryable(reason: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    """What img2dataset's Downloader and Resizer are built with (config keys ingest.*)."""
+    """What a shard is downloaded, resized and written with (config keys ingest.*); ``limits``: the
+    per-host politeness (curate/ingest/polite.py)."""
     samples_per_shard: int
     thread_count: int
     timeout: float
@@ -69,6 +70,7 @@ class Settings:
     user_agent_token: str | None
     disallowed_header_directives: tuple
     policy: guard.Policy
+    limits: polite.Limits = polite.Limits()
 
     @property
     def oom_samples(self) -> int:
@@ -89,7 +91,9 @@ class ShardTask:
     """One shard to download: rows (Arrow IPC file, local path or URL) of ``source`` from ``first_row`` on; ``retry``:
     the rows are the failed ones of a finished shard, merged back into it. ``table_rows``: the shard's rows in
     the URL table (all of them, also on a retry) and ``shards``: the tables' shards in all, counted when
-    planning, against which the shard's decision rows are checked (curate.report)."""
+    planning, against which the shard's decision rows are checked (curate.report). ``source_rows``: the
+    table row of each position in the shard when ``ingest.group_by_host`` reordered the rows (None:
+    positions are consecutive rows from ``first_row``)."""
     shard_id: int
     rows_path: str
     source: str
@@ -97,6 +101,11 @@ class ShardTask:
     table_rows: int
     shards: int
     retry: bool = False
+    source_rows: tuple | None = None
+
+    def source_index(self, position: int) -> int:
+        """The table row of the shard's row at ``position``."""
+        return self.first_row + position if self.source_rows is None else self.source_rows[position]
 
 
 def shard_name(shard_id: int) -> str:
