@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from curate.filters.balance import head_to_tail_ratio
+
 from curate import synth
 from curate.quality.evalsets import class_names, class_values
 from curate.quality.evaluate import RETRIEVAL, discover
@@ -36,7 +38,7 @@ from curate.quality.evaluate import RETRIEVAL, discover
 RECIPES = "curated,balanced,language_top,language_top_balanced"
 GROUPS = {"head (en)": ["en"], "middle (de fr es ru)": ["de", "fr", "es", "ru"],
           "tail (pt zh ja ar ko hi th)": ["pt", "zh", "ja", "ar", "ko", "hi", "th"]}
-DEFAULT_FLAGS = ["--seeds", "3", "--eval-images", "200", "--eval-pairs", "200"]
+DEFAULT_FLAGS = ["--seeds", "2", "--eval-images", "200", "--eval-pairs", "200"]
 
 
 def _ranked(weights: dict) -> list:
@@ -104,9 +106,12 @@ def subset_languages(out: str, subset: str) -> dict[str, int] | None:
         report = json.load(f)
     languages = report.get("coverage", {}).get("languages", {})
     kept = {lang: c["samples"]["kept"] for lang, c in languages.items()}
-    return {g: sum(kept.get(lang, 0) for lang in langs) for g, langs in GROUPS.items()} | {
-        "head/tail en (before -> after)": " -> ".join(
-            str(languages.get("en", {}).get("head_to_tail", {}).get(p)) for p in ("input", "kept"))}
+    out = {g: sum(kept.get(lang, 0) for lang in langs) for g, langs in GROUPS.items()}
+    for lang in ("en", "th"):  # the head language and the smallest: the audit's rule, from its entry counts
+        entries = [c for c in languages.get(lang, {}).get("entries", {}).values() if c["input"]]
+        ratios = [head_to_tail_ratio([c[p] for c in entries]) for p in ("input", "kept")]
+        out[f"head/tail {lang} in -> kept"] = " -> ".join("-" if r is None else f"{r:.1f}" for r in ratios)
+    return out
 
 
 def main(argv=None) -> int:

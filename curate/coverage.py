@@ -9,8 +9,9 @@ row's language, filters/metadata.py ``list_language``):
   sample whose caption was matched: all but unreadable ones), before and after balancing (the rows
   that reached the balancing step, and those it passed on), and among the kept samples;
 - ``lost``: entries the run took from present in the input to absent from the kept samples;
-- ``head_to_tail``: ``filters.balance.head_to_tail_ratio`` over all the list's entries, at each of
-  those points: balancing pulls it towards 1;
+- ``head_to_tail``: ``filters.balance.head_to_tail_ratio`` over the list's entries present in the
+  input (the same entries at every point, those lost counting 0; entries the corpus never names
+  would only dilute it), at each of those points: balancing pulls it towards 1;
 - ``cap``: the balancing cap of the language, recomputed from the same counts by the same rule as
   the run (``BalanceParams.caps_for``), with the rule's note when it fell back.
 
@@ -77,12 +78,13 @@ def audit(decisions_dir: str, metadata: Metadata, params) -> dict:
     for language, by_point in sorted(counted.items()):
         listed = metadata.entries(language)
         table = {entry: {p: by_point[p][entry] for p in points} for entry in listed}
+        present = [e for e in listed if by_point["input"][e]]
         languages[language] = {
             "samples": {p: samples[language][p] for p in points},
             "entries_present": {p: sum(1 for e in listed if by_point[p][e]) for p in points},
             "entries_listed": len(listed),
             "lost": [e for e in listed if by_point["input"][e] and not by_point["kept"][e]],
-            "head_to_tail": {p: _rounded(head_to_tail_ratio([by_point[p][e] for e in listed])) for p in points},
+            "head_to_tail": {p: _rounded(head_to_tail_ratio([by_point[p][e] for e in present])) for p in points},
             **({"cap": caps.get(language, params.cap)} if params.enabled else {}),
             "entries": table,
         }
