@@ -1,14 +1,16 @@
 """Ingest throughput: curate's ingest pipeline against the img2dataset CLI, same URLs, same machine.
 
     python benchmarks/ingest_throughput.py [--urls 4000] [--processes 2] [--threads 16] [--repeats 2]
+                                           [--size 640x480]
 
-Serves 640x480 synthetic JPEGs from a loopback server (tests/ingest_server.py, its own process),
-writes one URL parquet, then runs, alternately and ``--repeats`` times each, the img2dataset CLI
-(``--processes_count P --thread_count T``) and ``curate.run --pipeline ingest`` with P Beam worker
-processes of T download threads, both resizing to 256 (keep_ratio, jpg q95, sha256, EXIF: the CLI's
-defaults). Prints images/s two ways: over the whole command's wall time (start-up included), and over
-the span its shards were being downloaded (first shard start to last shard end, from the
-NNNNN_stats.json both tools write), plus per core. Target: curate >= 0.9x img2dataset.
+Serves 640x480 synthetic JPEGs (``--size 1024x768``: web-sized ones) from a loopback server
+(tests/ingest_server.py, its own process), writes one URL parquet, then runs, alternately and
+``--repeats`` times each, the img2dataset CLI (``--processes_count P --thread_count T``) and
+``curate.run --pipeline ingest`` with P Beam worker processes of T download threads, both resizing
+to 256 (keep_ratio, jpg q95, sha256, EXIF: the CLI's defaults). Prints images/s two ways: over the
+whole command's wall time (start-up included), and over the span its shards were being downloaded
+(first shard start to last shard end, from the NNNNN_stats.json both tools write), plus per core.
+Target: curate >= 0.9x img2dataset.
 
 curate runs twice per repeat: ``curate (politeness off)`` with what ingest did before per-host
 politeness existed (no per-host limits, robots.txt and TDM opt-outs not fetched, no retries, no DNS
@@ -59,6 +61,17 @@ def shard_span(folder: str) -> tuple[float, int, str]:
     return span, sum(s["successes"] for s in stats), shards
 
 
+def output_sizes(folder: str) -> str:
+    """The written images' sizes (width x height, from the parquet files both tools write), most common first."""
+    from collections import Counter
+
+    sizes = Counter()
+    for path in glob.glob(os.path.join(folder, "*.parquet")):
+        t = pq.read_table(path, columns=["width", "height"]).to_pylist()
+        sizes.update(f"{r['width']}x{r['height']}" for r in t if r["width"])
+    return ", ".join(f"{k} ({n})" for k, n in sizes.most_common(3))
+
+
 def run_img2dataset(urls: str, out: str, args) -> list[str]:
     return [os.path.join(BIN, "img2dataset"), "--url_list", urls, "--input_format", "parquet",
             "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
@@ -100,12 +113,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--shard", type=int, default=1000, help="URLs per shard")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the served JPEGs (web-sized: 1024x768)")
     args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
 
     work = tempfile.mkdtemp(prefix="ingest-bench-")
     port = free_port()
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": ROOT}
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "ingest_server.py"), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "ingest_server.py"), "--port", str(port),
+                               "--width", str(width), "--height", str(height)],
                               stdout=subprocess.PIPE, text=True, env=env)
     try:
         server.stdout.readline()  # "serving on ..." once the images are rendered
@@ -123,10 +139,12 @@ def main(argv=None) -> int:
                 if p.returncode:
                     print(p.stderr[-3000:], file=sys.stderr)
                     return 1
-                span, ok, shards = shard_span(os.path.join(out, "raw") if tool.startswith("curate") else out)
+                folder = os.path.join(out, "raw") if tool.startswith("curate") else out
+                span, ok, shards = shard_span(folder)
                 results[tool].append((wall, span, ok, before, load()))
                 print(f"  {tool:<24} run {rep + 1}: {ok} images, wall {wall:.1f}s, shards {span:.1f}s, "
-                      f"load {before} -> {load()}; shards (s from first start): {shards}", flush=True)
+                      f"load {before} -> {load()}; output sizes {output_sizes(folder)}; "
+                      f"shards (s from first start): {shards}", flush=True)
                 shutil.rmtree(out)
     finally:
         server.terminate()
@@ -134,7 +152,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     cores = min(args.processes, os.cpu_count() or 1)
-    print(f"\n{args.urls} URLs of 640x480 JPEGs from 127.0.0.1, resized to 256 (keep_ratio), "
+    print(f"\n{args.urls} URLs of {width}x{height} JPEGs from 127.0.0.1, resized to 256 (keep_ratio), "
           f"{args.processes} processes x {args.threads} threads, {os.cpu_count()} cores; median of {args.repeats}")
     print("| tool | images | wall s | images/s (wall) | shard s | images/s (shards) | per core (shards) | vs img2dataset |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

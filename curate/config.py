@@ -38,13 +38,17 @@ UNSET = _Unset()
 class Option:
     """One config key: its default, what it means (``help``) and what it accepts."""
     kind: type                      # int, float, bool, str, dict (str -> number, each within min/max),
-                                    # or list (of strings; each one of choices when given)
+                                    # or list (of strings, each one of choices when given; of mappings
+                                    # when ``fields`` is given)
     help: str
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
     nullable: bool = False
-    required: tuple[str, ...] = ()  # dict: names that must be present
+    required: tuple[str, ...] = ()  # dict, and list of mappings: names that must be present (in each item)
+    # list: its items are mappings with these keys (each a string, number or null; the pipeline checks
+    # their values), e.g. safety.blocklists' {path, kind}
+    fields: tuple[str, ...] = ()
     # The value configs/NAME.yaml gives the key; None writes null, which a key that is not nullable
     # refuses: the user must give that key.
     default: Any = UNSET
@@ -52,6 +56,9 @@ class Option:
     def describe(self) -> str:
         noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                 dict: "a mapping of names to numbers", list: "a list of strings"}[self.kind]
+        if self.fields:
+            return ("a list of mappings with keys " + ", ".join(
+                f"{name} (required)" if name in self.required else name for name in self.fields))
         if self.choices and self.kind is list:
             noun = "a list of " + ", ".join(map(str, self.choices))
         elif self.choices:
@@ -78,6 +85,8 @@ class Option:
                 raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
             number = Option(float, self.help, min=self.min, max=self.max)
             return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        if self.kind is list and self.fields:
+            return self._check_mappings(key, value)
         if self.kind is list:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or (
                     self.choices and not set(value) <= set(self.choices)):
@@ -98,6 +107,29 @@ class Option:
         if not ok:
             raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
         return value
+
+    def _check_mappings(self, key: str, value: Any) -> list[dict]:
+        """A list of mappings: each item's keys among ``fields``, the ``required`` ones present, values
+        plain (string, number, bool or null); what the values mean is the pipeline's to check."""
+        if not isinstance(value, list):
+            raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+        items = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"config error: {where} must be a mapping with keys {', '.join(self.fields)}, "
+                                  f"got {item!r}")
+            unknown = sorted(str(k) for k in item if k not in self.fields)
+            missing = [name for name in self.required if item.get(name) is None]
+            if unknown or missing:
+                problem = (f"unknown key(s) {', '.join(unknown)}" if unknown else f"no {', '.join(missing)}")
+                raise ConfigError(f"config error: {where}: {problem} (keys: {', '.join(self.fields)}; "
+                                  f"required: {', '.join(self.required)})")
+            bad = [k for k, v in item.items() if not (v is None or isinstance(v, (str, int, float, bool)))]
+            if bad:
+                raise ConfigError(f"config error: {where}.{bad[0]} must be a string or a number, got {item[bad[0]]!r}")
+            items.append({name: item[name] for name in self.fields if name in item})
+        return items
 
 
 Schema = dict[str, Option]

@@ -246,9 +246,11 @@ def _numpy(t) -> np.ndarray:
     return t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def load_head(path: str, name: str | None = None, threshold: float | None = None) -> Head:
+def load_head(path: str, name: str | None = None, threshold: float | None = None, target: str | None = None,
+              keep: str | None = None) -> Head:
     """A head file (local or fsspec URL) with its sidecar when there is one. ``name`` (default: the
-    file's stem) is what the reason says; ``threshold`` overrides the sidecar's."""
+    file's stem) is what the reason says; ``threshold`` and ``keep`` override the sidecar's;
+    ``target`` names what a head without a sidecar reads (default image; a sidecar's must agree)."""
     import torch
 
     if not fs.exists(path):
@@ -260,10 +262,12 @@ def load_head(path: str, name: str | None = None, threshold: float | None = None
         if meta.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"{sidecar_path(path)}: not a curate.probe sidecar (format {meta.get('format')!r})")
     name = name or meta.get("name") or re.sub(r"\W+", "_", os.path.splitext(fs.basename(path))[0])
-    return head_from_state_dict(state, name=name, kind=meta.get("kind"), target=meta.get("target", "image"),
+    if target is not None and meta.get("target", target) != target:
+        raise ValueError(f"{path}: target {target} asked, but the head was trained on {meta['target']} embeddings")
+    return head_from_state_dict(state, name=name, kind=meta.get("kind"), target=meta.get("target", target or "image"),
                                 dims=meta.get("dims"), output=meta.get("output", "raw"),
                                 threshold=meta.get("threshold") if threshold is None else threshold,
-                                keep=meta.get("keep", "above"), source=path)
+                                keep=keep or meta.get("keep", "above"), source=path)
 
 
 def save_head(head: Head, path: str, **sidecar_extra) -> None:

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-# Stages, in pipeline order; a decision row names the stage that made it.
+# Stages, in pipeline order; a decision row names the stage that made it. PROBE: learned filters on
+# the stored embeddings (pipelines/probes.py), between balancing and CLIP-score selection.
+PROBE = "probe"
 READ, DECODE, BASIC_FILTER, BALANCE, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
     "read", "decode", "basic_filter", "balance", "clip_score", "decontaminate", "unique_keys", "exact_dedup",
     "near_dedup", "semdedup", "write")
@@ -68,6 +70,8 @@ class Sample:
     image_format: str | None = None  # Pillow's format name (JPEG, PNG, WEBP, AVIF, ...), from the bytes
     # the metadata entries the caption names (filters.metadata), sorted; None = not matched, () = none
     metadata_entries: tuple[str, ...] | None = None
+    # (head name, score) of each probe (pipelines/probes.py), in config order; None = no probe ran
+    probe_scores: tuple[tuple[str, float], ...] | None = None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -99,6 +103,7 @@ DECISION_SCHEMA = pa.schema([
     ("metadata_entries", pa.list_(pa.string())),  # the metadata entries the caption names (balancing, coverage)
     ("balance_cap", pa.float64()),    # the cap t of the sample's language where balancing decided
     ("attempts", pa.int32()),         # ingest: requests started for the row's URL (retries included)
+    ("probe_scores", pa.map_(pa.string(), pa.float32())),  # head name -> score, where probes ran (probes:)
 ])
 
 
@@ -115,7 +120,8 @@ def decision(sample: Sample | RawSample, kept: bool, stage: str, reason: str | N
                    caption_chars=None if sample.caption is None else len(sample.caption.strip()),
                    sha256=sample.sha256, phash=sample.phash, clip_score=sample.clip_score,
                    clip_threshold=sample.clip_threshold,
-                   metadata_entries=None if sample.metadata_entries is None else list(sample.metadata_entries))
+                   metadata_entries=None if sample.metadata_entries is None else list(sample.metadata_entries),
+                   probe_scores=None if sample.probe_scores is None else dict(sample.probe_scores))
     unknown = set(values) - set(row)
     if unknown:
         raise KeyError(f"not decision columns: {sorted(unknown)}")

@@ -235,6 +235,20 @@ def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes |
                          f"is touched), or {elsewhere}")
 
 
+def read_paths(spec: PipelineSpec, cfg: dict) -> dict[str, str]:
+    """Config key -> path of everything the run reads (``spec.reads``); a list of mappings (the
+    block lists, the probes) gives one entry per item, ``KEY[i]`` -> its ``path``."""
+    reads = {}
+    for key in spec.reads:
+        value = cfg.get(key)
+        if isinstance(value, list):
+            reads |= {f"{key}[{i}]": fs.abspath(item["path"]) for i, item in enumerate(value)
+                      if isinstance(item, dict) and item.get("path")}
+        elif value:
+            reads[key] = fs.abspath(value)
+    return reads
+
+
 def check_sample_corpus_folder(out: str) -> None:
     """OUT/sample_corpus is replaced when its settings change: refuse, before any work, a folder of
     that name that curate did not write (no corpus.json), so no user file is ever deleted."""
@@ -261,7 +275,7 @@ def sample_corpus(out: str, cfg: dict) -> str:
     log.info("writing the built-in sample corpus (%d samples, seed %d) to %s",
              settings["samples"], settings["seed"], corpus)
     generate = dict(samples=settings["samples"], seed=settings["seed"], noise=settings["noise"],
-                    mix=settings["mix"], processes=os.cpu_count() or 1)
+                    mix=settings["mix"], stamped=settings.get("stamped", 0.0), processes=os.cpu_count() or 1)
     if fs.is_local(corpus):
         synth.generate(corpus, **generate)
     else:  # the generator writes local files: make them in a scratch folder, then upload
@@ -444,7 +458,7 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
         identity["input_shards"] = [[p, fs.size(p)] for p in input_shards]
     run_id = dumps_json(identity)
     writes = tuple(name for name in spec.outputs if name != RAW or reads_table)  # raw/: only when it ingests
-    reads = {key: fs.abspath(cfg[key]) for key in spec.reads if cfg.get(key)}
+    reads = read_paths(spec, cfg)
     again = "the same command without --overwrite" if args.overwrite else "the same command"
     stopped = (f"the {args.pipeline} run in {out} stopped before it finished; run {again} to resume it "
                "(what was written is kept, the rest is redone)")

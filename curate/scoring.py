@@ -125,6 +125,22 @@ class ClipPreprocessor:
         return tensor, tokens
 
 
+DECODE_MODES = ("cpu", "cpu_fast")  # scorer.decode
+
+
+def reduced_decode_size(spec: clip.ScorerSpec, decode: str) -> int | None:
+    """scorer.decode -> the ``reduce_to`` of filters.image.decode_image: None for ``cpu`` (full decode);
+    for ``cpu_fast`` the model's input side (the larger one of a non-square input). open_clip's eval
+    transform then resizes the reduced image as it would the full one: libjpeg's 1/2-1/8 DCT scaling
+    keeps both sides at or above the input side, so the resize still only shrinks."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"scorer.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode == "cpu":
+        return None
+    size = clip.preprocess_cfg(spec).size
+    return max(size) if isinstance(size, (tuple, list)) else int(size)
+
+
 def stack(items: list) -> ClipBatch:
     """[(Sample, (tensor, tokens))] -> one ClipBatch."""
     return ClipBatch([s for s, _ in items], torch.stack([x[0] for _, x in items]),

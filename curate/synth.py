@@ -1,6 +1,6 @@
 """The built-in sample corpus: rendered scenes with multilingual captions and labelled noise.
 
-    python -m curate.synth --out DIR --samples N --seed S [--noise 0.3] [--mix skewed]
+    python -m curate.synth --out DIR --samples N --seed S [--noise 0.3] [--mix skewed] [--stamped 0.2]
 
 Writes raw shards in img2dataset's layout (``NNNNN.tar`` with ``KEY.jpg``/``KEY.txt``/``KEY.json``,
 ``NNNNN.parquet``, ``NNNNN_stats.json``) and, beside them, ``ground_truth.parquet``: key -> clean or
@@ -13,6 +13,12 @@ equally often (its bytes never change); "skewed" draws captions in all twelve la
 shipped metadata (``ALL_LANGUAGES``) and shapes and colours with the long tail of web alt-text: one
 language and a few concepts dominate (``SKEWED``), which is what metadata balancing
 (filters/balance.py) is for. The ground truth's ``scene`` names every concept of a sample.
+
+``stamped`` (opt-in, default 0): that share of the samples that would be clean get a text watermark
+tiled diagonally over the scene, as stock-photo previews carry (``stamp``), ground-truth kind
+``stamped``; the caption does not mention it. Something a learned filter on image embeddings can be
+taught to remove (curate/probe.py). With 0 no draw is made, so the corpus is the same, byte for
+byte, as before the option existed.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from curate.io import atomic_path, sample_key, write_tar
 
@@ -235,6 +241,9 @@ NOISE_KINDS = {
     "boilerplate_caption": 0.09, "corrupt_image": 0.08, "truncated_image": 0.08,
 }
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
+# Opt-in (generate's ``stamped``): a would-be clean sample with a watermark over the scene.
+STAMPED = "stamped"
+WATERMARKS = ("SAMPLE", "PREVIEW", "© STOCK", "WATERMARK", "PROOF")
 
 
 @dataclass(frozen=True)
@@ -397,9 +406,12 @@ def encode_jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def plan_corpus(seed: int, samples: int, noise: float) -> list[Plan]:
-    """Decide each sample's kind up front; duplicates and mismatches borrow from earlier clean ones."""
+def plan_corpus(seed: int, samples: int, noise: float, stamped: float = 0.0) -> list[Plan]:
+    """Decide each sample's kind up front; duplicates and mismatches borrow from earlier clean ones.
+    ``stamped``: each would-be clean sample is ``STAMPED`` with this probability, drawn from a
+    generator of its own, so the other draws (and, with 0, every kind) are those of an unstamped corpus."""
     rng = np.random.default_rng([seed, 0x5EED])
+    stamp_rng = np.random.default_rng([seed, 0x57A4]) if stamped > 0 else None
     kinds, weights = list(NOISE_KINDS), np.array(list(NOISE_KINDS.values()))
     weights = weights / weights.sum()
     plans: list[Plan] = []
@@ -414,6 +426,8 @@ def plan_corpus(seed: int, samples: int, noise: float) -> list[Plan]:
             else:
                 plans.append(Plan(i, kind, clean[int(rng.integers(len(clean)))]))
                 continue
+        if kind == "clean" and stamp_rng is not None and stamp_rng.random() < stamped:
+            kind = STAMPED  # not a source for duplicates and mismatches: those borrow clean content
         if kind == "clean":
             clean.append(i)
         plans.append(Plan(i, kind))
@@ -461,6 +475,8 @@ def make_sample(seed: int, plan: Plan, mix: str = "default") -> tuple[bytes, str
             text = ["", " ", "\n", "  \t"][rng.integers(4)]
         elif plan.kind == "boilerplate_caption":
             text = BOILERPLATE[rng.integers(len(BOILERPLATE))].format(n=int(rng.integers(0, 99999)))
+        elif plan.kind == STAMPED:
+            img = stamp(img, rng)
         data = encode_jpeg(img, quality)
         if plan.kind == "corrupt_image":
             data = data[:20] + rng.bytes(len(data) - 20)  # JPEG header, garbage body
@@ -468,6 +484,29 @@ def make_sample(seed: int, plan: Plan, mix: str = "default") -> tuple[bytes, str
             data = data[: int(len(data) * float(rng.uniform(0.3, 0.7)))]
     truth["scene"] = json.dumps([g.__dict__ for g in groups], sort_keys=True)
     return data, text, {"language": lang}, truth
+
+
+def stamp(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A watermark over the whole picture, as stock-photo previews carry it: one word of
+    ``WATERMARKS`` in white, tiled in staggered rows turned 20-40 degrees either way, at 40-60%
+    opacity, its letters 15-20% of the shorter side high (Pillow's built-in FreeType font, so the
+    pixels are the same wherever Pillow's version is)."""
+    w, h = img.size
+    text = WATERMARKS[rng.integers(len(WATERMARKS))]
+    font = ImageFont.load_default(size=max(8, round(min(w, h) * float(rng.uniform(0.15, 0.2)))))
+    opacity = round(255 * float(rng.uniform(0.4, 0.6)))
+    angle = float(rng.uniform(20, 40)) * (1 if rng.random() < 0.5 else -1)
+    side = 2 * math.ceil(math.hypot(w, h))  # a square that still covers the picture once turned
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    left, top, right, bottom = draw.textbbox((0, 0), text + "   ", font=font)
+    step_x, step_y = right - left, round((bottom - top) * 2.5)
+    for row, y in enumerate(range(0, side, step_y)):
+        for x in range(-step_x + (row % 2) * step_x // 2, side, step_x):
+            draw.text((x, y), text, font=font, fill=opacity)
+    mask = mask.rotate(angle, resample=Image.BILINEAR)
+    x0, y0 = (side - w) // 2, (side - h) // 2
+    return Image.composite(Image.new("RGB", (w, h), (255, 255, 255)), img, mask.crop((x0, y0, x0 + w, y0 + h)))
 
 
 def _near_copy(img: Image.Image, quality: int, rng: np.random.Generator) -> tuple[bytes, str]:
@@ -523,14 +562,17 @@ def _write_shard_args(args):
 
 
 def generate(out_dir: str, samples: int, seed: int = 0, noise: float = 0.3,
-             shard_size: int = 1000, processes: int = 1, mix: str = "default") -> str:
-    """Write the corpus to ``out_dir``; return the path of its ground-truth file."""
+             shard_size: int = 1000, processes: int = 1, mix: str = "default", stamped: float = 0.0) -> str:
+    """Write the corpus to ``out_dir``; return the path of its ground-truth file. ``stamped``: see
+    the module doc (0, the default, makes no draw for it)."""
     if not 0 <= noise <= 1:
         raise ValueError(f"noise must be within [0, 1], got {noise}")
+    if not 0 <= stamped <= 1:
+        raise ValueError(f"stamped must be within [0, 1], got {stamped}")
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
     os.makedirs(out_dir, exist_ok=True)
-    plans = plan_corpus(seed, samples, noise)
+    plans = plan_corpus(seed, samples, noise, stamped)
     jobs = [(out_dir, seed, s, plans[s * shard_size:(s + 1) * shard_size], mix)
             for s in range(math.ceil(samples / shard_size))]
     if processes > 1:
@@ -554,10 +596,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--mix", choices=MIXES, default="default",
                     help="default: 5 languages, concepts uniform; skewed: 12 languages, a long tail")
+    ap.add_argument("--stamped", type=float, default=0.0,
+                    help="share of would-be clean samples watermarked over the scene (kind stamped)")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     t0 = time.time()
-    path = generate(args.out, args.samples, args.seed, args.noise, args.shard_size, args.processes, args.mix)
+    path = generate(args.out, args.samples, args.seed, args.noise, args.shard_size, args.processes, args.mix,
+                    args.stamped)
     kinds = pq.read_table(path, columns=["kind"]).column("kind").to_pylist()
     counts = {k: kinds.count(k) for k in sorted(set(kinds))}
     print(f"wrote {args.samples} samples to {args.out} in {time.time() - t0:.1f}s; ground truth: {path}")

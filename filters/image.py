@@ -7,7 +7,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, features
+from PIL import ExifTags, Image, ImageOps, features
 
 try:  # HEIC/HEIF decode only where the optional pillow-heif plugin is installed (not a dependency)
     import pillow_heif
@@ -22,6 +22,7 @@ TRUNCATED_IMAGE = "truncated_image"       # header fine, pixel data cut short
 CORRUPT_IMAGE = "corrupt_image"           # header fine, pixel data fails to decode
 DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than allowed: refused before decoding
 UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # a known image format Pillow cannot decode here
+ORIENTATION = ExifTags.Base.Orientation
 
 
 def _describe(e: Exception) -> str:
@@ -93,8 +94,25 @@ def allow_pil(max_pixels: int) -> None:
             Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def decode_image(data: bytes | None, max_pixels: int = PIL_DEFAULT_MAX_PIXELS) -> Decoded:
+def reduced_scale(width: int, height: int, target: int) -> int:
+    """The JPEG DCT-domain scale denominator (1, 2, 4 or 8) that PIL's ``draft`` picks for a
+    ``target`` x ``target`` request: the largest that keeps both sides >= ``target``, so an image is
+    reduced only when it is at least twice the target on both sides (libjpeg's scaled IDCT)."""
+    fits = min(width // target, height // target)
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+# EXIF orientations that turn the picture by 90 degrees (ImageOps.exif_transpose swaps its sides).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def decode_image(data: bytes | None, max_pixels: int = PIL_DEFAULT_MAX_PIXELS, reduce_to: int | None = None) -> Decoded:
     """Decode ``data`` to RGB with EXIF rotation applied; never raises.
+
+    ``reduce_to``: a JPEG at least twice this size on both sides is decoded at 1/2, 1/4 or 1/8 scale
+    in the DCT domain (PIL's ``draft``, libjpeg's scaled IDCT; see ``reduced_scale``), for a caller
+    that resizes to ``reduce_to`` anyway (scorer.decode: cpu_fast). Width and height still report the
+    stored image's full size; other formats, and JPEGs that are not that large, decode as without it.
 
     The pixel cap is checked on the header, before any pixel is decoded, so a small file that
     claims a huge canvas (a decompression bomb) costs nothing. PIL's own default cap is the default;
@@ -124,7 +142,12 @@ def decode_image(data: bytes | None, max_pixels: int = PIL_DEFAULT_MAX_PIXELS) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            reduced = bool(reduce_to) and fmt in ("JPEG", "MPO") and reduced_scale(width, height, reduce_to) > 1
+            if reduced:
+                img.draft(None, (reduce_to, reduce_to))
             img.load()
+            if reduced and img.getexif().get(ORIENTATION) in _SWAPPING_ORIENTATIONS:
+                width, height = height, width  # as exif_transpose turns the reduced image
             img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = _to_rgb(img)
@@ -133,7 +156,9 @@ def decode_image(data: bytes | None, max_pixels: int = PIL_DEFAULT_MAX_PIXELS) -
         return Decoded(None, width, height, fmt, reason, _describe(e))
     except Exception as e:
         return Decoded(None, width, height, fmt, CORRUPT_IMAGE, _describe(e))
-    return Decoded(img, img.width, img.height, fmt)
+    if not reduced:
+        width, height = img.width, img.height
+    return Decoded(img, width, height, fmt)  # a reduced decode reports the stored (full) size
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

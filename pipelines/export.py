@@ -11,17 +11,14 @@ from __future__ import annotations
 import importlib
 
 import apache_beam as beam
-from curate.filters.image import decode_image
 from curate.pipelines.specs import PIPELINES
 
 from curate import config as config_lib
 from curate import fs
 from curate.config import ConfigError
 from curate.decisions import InputCount, WriteDecisions
-from curate.exports.common import read_curated_shard
 from curate.exports.formats import FORMATS
-from curate.exports.writing import EXPORT
-from curate.io import TarReadError
+from curate.exports.writing import EXPORT, CheckedShard, check_shard
 from curate.outputs import done
 from curate.raw_shards import UNREADABLE_TAR, list_input_shards
 from curate.records import RawSample, decision
@@ -95,31 +92,38 @@ def describe_outputs(cfg: dict) -> str:
     return "exports in " + ", ".join(fs.join(cfg["output"], name) for name in cfg["formats"])
 
 
-def check_rows(element, shard_index: dict[str, int]):
-    """Decision rows for one curated shard: kept when every format can export the sample (its
+def check_rows(checked: CheckedShard, shard_index: dict[str, int]):
+    """Decision rows for one checked curated shard: kept when every format can export the sample (its
     image decodes), else the decoder's reason; a tar that breaks off adds an unreadable_tar row."""
-    path = element
-    index, read = shard_index[path], 0
-    try:
-        for s in read_curated_shard(path):
-            read += 1
-            d = decode_image(s.image)
-            yield decision(RawSample(s.key, index, path, s.index, {}), d.reason is None, EXPORT, d.reason,
-                           detail=d.detail, width=d.width, height=d.height)
-    except TarReadError as e:
-        yield decision(RawSample("", index, path, -1, {}), False, EXPORT, UNREADABLE_TAR, detail=str(e))
-    yield InputCount(index, read, len(shard_index))  # counted where read: report.py checks the rows against it
+    path = checked.path
+    index = shard_index[path]
+    for c in checked.checks:
+        yield decision(RawSample(c.key, index, path, c.index, {}), c.reason is None, EXPORT, c.reason,
+                       detail=c.detail, width=c.width, height=c.height)
+    if checked.error is not None:
+        yield decision(RawSample("", index, path, -1, {}), False, EXPORT, UNREADABLE_TAR, detail=checked.error)
+    # counted where read: report.py checks the rows against it
+    yield InputCount(index, len(checked.checks), len(shard_index))
+
+
+class CheckShards(beam.PTransform):
+    """Curated shard paths -> CheckedShards: each image decoded once, here, for the export's decisions
+    and every format (writing.check_shard); a format decodes again only for pixels it needs."""
+
+    def expand(self, shards):
+        return shards | "DecodeOnce" >> beam.Map(check_shard)
 
 
 class ExportFormats(beam.PTransform):
-    """Curated shard paths -> every requested format under OUT_DIR/<format>; returns all their writes."""
+    """Checked curated shards (CheckShards) -> every requested format under OUT_DIR/<format>; returns
+    all their writes."""
 
     def __init__(self, cfg: dict, out_dir: str):
         super().__init__()
         self._cfg, self._out_dir = cfg, out_dir
 
-    def expand(self, shards):
-        writes = [shards | f"Export:{name}" >> export_class(name)(self._cfg, fs.join(self._out_dir, name))
+    def expand(self, checked):
+        writes = [checked | f"Export:{name}" >> export_class(name)(self._cfg, fs.join(self._out_dir, name))
                   for name in self._cfg["formats"]]
         return writes | "ExportWrites" >> beam.Flatten()
 
@@ -144,7 +148,8 @@ class ExportAfterWrites(beam.PTransform):
                   | "Once" >> beam.Map(lambda _: (0, None))
                   | "WaitForWrites" >> beam.GroupByKey()
                   | "ListCuratedShards" >> beam.FlatMap(lambda _kv, d: _curated_tars(d), self._s["input"]))
-        return shards | "ExportFormats" >> ExportFormats(self._s, self._s["output"])
+        return (shards | "CheckShards" >> CheckShards()
+                | "ExportFormats" >> ExportFormats(self._s, self._s["output"]))
 
 
 class Export(beam.PTransform):
@@ -156,11 +161,12 @@ class Export(beam.PTransform):
 
     def expand(self, pbegin):
         out = self._cfg["output"]
-        shards = pbegin | "ListShards" >> beam.Create(self._paths) | "Spread" >> beam.Reshuffle()
-        decisions = (shards
+        checked = (pbegin | "ListShards" >> beam.Create(self._paths) | "Spread" >> beam.Reshuffle()
+                   | "CheckShards" >> CheckShards())
+        decisions = (checked
                      | "CheckSamples" >> beam.FlatMap(check_rows, {p: i for i, p in enumerate(self._paths)})
                      | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
-        exported = shards | "ExportFormats" >> ExportFormats(self._cfg, out)
+        exported = checked | "ExportFormats" >> ExportFormats(self._cfg, out)
         return done([decisions, exported])
 
 

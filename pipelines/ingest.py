@@ -18,6 +18,7 @@ import uuid
 
 import apache_beam as beam
 import pyarrow as pa
+from curate.pipelines import lists as list_steps
 from curate.pipelines.specs import PIPELINES
 from pyarrow import feather
 
@@ -55,6 +56,7 @@ def settings(cfg: dict) -> Settings:
         max_image_pixels=cfg["ingest.max_image_pixels"], encode_format=cfg["ingest.encode_format"],
         encode_quality=cfg["ingest.encode_quality"], compute_hash=cfg["ingest.compute_hash"],
         extract_exif=cfg["ingest.extract_exif"], user_agent_token=token.strip().lower() if token else None,
+        reduced_decode=cfg["ingest.reduced_decode"],
         disallowed_header_directives=directives,
         policy=guard.Policy.from_config(cfg["ingest.max_image_bytes"], cfg["ingest.deadline_seconds"],
                                         cfg["ingest.allow_networks"], cfg["ingest.check_content_type"]),
@@ -63,7 +65,24 @@ def settings(cfg: dict) -> Settings:
             retries=cfg["ingest.retries"], backoff_base=cfg["ingest.backoff_base"],
             backoff_max=cfg["ingest.backoff_max"], backoff_jitter=cfg["ingest.backoff_jitter"],
             max_retry_after=cfg["ingest.max_retry_after"], respect_robots_txt=cfg["ingest.respect_robots_txt"],
-            respect_tdmrep=cfg["ingest.respect_tdmrep"], dns_ttl=cfg["ingest.dns_ttl"]))
+            respect_tdmrep=cfg["ingest.respect_tdmrep"], dns_ttl=cfg["ingest.dns_ttl"]),
+        # URL and domain lists before any request, hash lists on the downloaded bytes (polite.Session)
+        lists=list_steps.from_config(cfg) or None)
+
+
+# What ingest can apply itself; phash and term lists need the decoded image and the caption's language.
+INGEST_LIST_KINDS = ("url", "domain", "md5", "sha1", "sha256")
+
+
+def validate(cfg: dict) -> None:
+    """The block and opt-out lists, before any work (pipelines/lists.py)."""
+    list_steps.validate(cfg, INGEST_LIST_KINDS, "ingest applies url, domain and hash lists; phash and term lists "
+                        "apply where images are decoded: give them to laion_filter or score")
+
+
+def report_sections(cfg: dict) -> dict:
+    """report.json's per-list match counts (pipelines/lists.py)."""
+    return list_steps.report_section(cfg)
 
 
 def check_input(cfg: dict) -> None:

@@ -17,12 +17,14 @@ from curate.filters.sample import BasicFilterParams, basic_filter
 from curate.pipelines import balance as balance_steps
 from curate.pipelines import dedup as dedup_steps
 from curate.pipelines import export, score
+from curate.pipelines import lists as list_steps
+from curate.pipelines import probes as probe_steps
 from curate.pipelines.specs import PIPELINES
 
 from curate import coverage, fs
 from curate.config import ConfigError, section
 from curate.decisions import WriteDecisions
-from curate.embeddings import ReadStoredScores, stored_hashes
+from curate.embeddings import stored_hashes
 from curate.gather import CountOncePerSample, GatherSmall
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.raw_shards import list_input_shards
@@ -40,6 +42,13 @@ def validate(cfg: dict) -> None:
     """Check the requested exports before any work; their resolved settings join the run's config.
     Stored scores written before perceptual hashes existed cannot feed a hash-based near dedup."""
     cfg["exports_settings"] = export.laion_filter_settings(cfg)
+    if cfg["scores"]:
+        list_steps.validate(cfg, list_steps.STORED_KINDS,
+                            "the stored scores hold the sha256 of each image, not its bytes: apply md5 and sha1 "
+                            "lists in the score run, or curate the raw shards")
+    else:
+        list_steps.validate(cfg)
+    probe_steps.validate(cfg)
     dedup_steps.Decontaminate.from_config(cfg)  # decontaminate.eval_set must exist
     balance_steps.MatchMetadata.from_config(cfg)  # balance.metadata must hold lists
     if cfg["decontaminate.eval_set"] is not None:
@@ -202,10 +211,11 @@ class SelectByScore(beam.PTransform):
             cfg["select.clip_threshold"], by_language, cfg["select.detect_language"])), "Threshold", "passed")
 
 
-def drop_text_embedding(sample: Sample) -> Sample:
+def drop_text_embedding(sample: Sample, keep: bool = False) -> Sample:
     """A copy without the text embedding: it served the CLIP score only, and was stored with it
-    (OUT/embeddings or the resume checkpoint); every later step reads the image embedding alone."""
-    return dataclasses.replace(sample, text_embedding=None)
+    (OUT/embeddings or the resume checkpoint); every later step reads the image embedding alone.
+    ``keep``: a probe reads it too, and drops it once scored (pipelines/probes.py)."""
+    return sample if keep else dataclasses.replace(sample, text_embedding=None)
 
 
 def drop_embeddings(sample: Sample) -> Sample:
@@ -227,26 +237,30 @@ class LaionFilter(beam.PTransform):
     def expand(self, pbegin):
         cfg, out = self._cfg, self._cfg["output"]
         writes = []
+        probes = probe_steps.ApplyProbes.from_config(cfg)
         if cfg["scores"]:
-            scored = pbegin | "ReadStoredScores" >> ReadStoredScores(cfg["scores"])
+            # the lists given now, on the stored metadata (the score run applied its own at read and decode)
+            scored = pbegin | "ReadStoredScores" >> list_steps.ReadStoredScoresThroughLists(
+                cfg["scores"], list_steps.from_config(cfg))
         else:
             # Writes each shard's embeddings as it is scored: OUT/embeddings, or the checkpoint folder.
             scored = pbegin | "ScoreRawShards" >> score.ScoreRawShards(
                 cfg, self._paths, self._cpu_threads, emb_dir=fs.join(out, "embeddings") if cfg["save_embeddings"] else None)
-        samples = (scored.samples | "DropTextEmbeddings" >> beam.Map(drop_text_embedding)
+        samples = (scored.samples | "DropTextEmbeddings" >> beam.Map(drop_text_embedding, probes.needs_text)
                    | "MatchMetadata" >> balance_steps.MatchMetadata.from_config(cfg))
         filtered = split(samples | "BasicFilters" >> beam.ParDo(
             BasicFilters(BasicFilterParams(**section(cfg, "filters", exclude=("max_image_pixels",))))),
             "BasicFilters", "passed")
         balanced = filtered.passed | "Balance" >> balance_steps.Balance.from_config(cfg)
-        selected = balanced.passed | "SelectByScore" >> SelectByScore(cfg)
+        probed = balanced.passed | "Probes" >> probes
+        selected = probed.passed | "SelectByScore" >> SelectByScore(cfg)
         decontaminated = selected.passed | "Decontaminate" >> dedup_steps.Decontaminate.from_config(cfg)
         unique = decontaminated.clean | "UniqueKeys" >> UniqueKeys()
         deduped = unique.unique | "Deduplicate" >> dedup_steps.Deduplicate(dedup_steps.DedupParams.from_config(cfg))
         slim = deduped["kept"] | "DropEmbeddings" >> beam.Map(drop_embeddings)
         written = slim | "WriteCuratedShards" >> WriteCuratedShards(
             fs.join(out, "shards"), cfg["shards.samples_per_shard"])
-        all_decisions = [scored.decisions, filtered.decisions, balanced.decisions, selected.decisions,
+        all_decisions = [scored.decisions, filtered.decisions, balanced.decisions, probed.decisions, selected.decisions,
                          decontaminated.decisions,
                          unique.decisions, deduped["decisions"],
                          written["decisions"]]
@@ -260,11 +274,13 @@ class LaionFilter(beam.PTransform):
 
 
 def report_sections(cfg: dict) -> dict:
-    """report.json's coverage audit (curate/coverage.py), read from the decisions just written."""
+    """report.json's coverage audit (curate/coverage.py), the lists' and the probes' counts, read from
+    the decisions just written."""
     params = balance_steps.BalanceParams.from_config(cfg)
+    sections = {**list_steps.report_section(cfg), **probe_steps.report_section(cfg)}
     if not params.matches:
-        return {}
-    return {"coverage": coverage.audit(fs.join(cfg["output"], "decisions"), params.load(), params)}
+        return sections
+    return {"coverage": coverage.audit(fs.join(cfg["output"], "decisions"), params.load(), params), **sections}
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:

@@ -11,6 +11,7 @@ import logging
 import apache_beam as beam
 from apache_beam.utils import shared
 from curate.filters.sample import decode_sample
+from curate.pipelines import lists as list_steps
 from curate.pipelines.specs import PIPELINES
 
 from curate import fs, resume, scoring
@@ -42,7 +43,10 @@ def checkpoint_settings(cfg: dict) -> dict:
     """What decides an input shard's scores and unscored rows: a checkpointed shard is reused only
     under the same values (curate.resume)."""
     return {**dataclasses.asdict(scorer_spec(cfg)), "batch_size": cfg["scorer.batch_size"],
-            "max_image_pixels": cfg["filters.max_image_pixels"], "detect_language": cfg["select.detect_language"]}
+            "decode": cfg["scorer.decode"],
+            "max_image_pixels": cfg["filters.max_image_pixels"], "detect_language": cfg["select.detect_language"],
+            # the lists decide which samples are scored: a checkpoint made under others is not reused
+            **({"lists": list_steps.fingerprint(cfg)} if list_steps.from_config(cfg) else {})}
 
 
 class ScoreShards(beam.DoFn):
@@ -58,13 +62,16 @@ class ScoreShards(beam.DoFn):
     A batch holds ``batch_size`` consecutive samples of one shard, the shard's last batch fewer. On
     CPU a score's last bits depend on the batch it is computed in; built inside one process() call,
     batches have the same content on every runner, bundling and worker count, and so do the scores
-    and every output behind them. Decoding and preprocessing run here, on CPU, before batching.
+    and every output behind them. Decoding and preprocessing run here, on CPU, before batching
+    (``scorer.decode: cpu_fast`` decodes large JPEGs at reduced size: scoring.reduced_decode_size).
     """
 
     def __init__(self, cfg: dict, total_shards: int, checkpoint: ScoreCheckpoint, cpu_threads: int = 0):
         self._spec, self._n = scorer_spec(cfg), cfg["scorer.batch_size"]
         self._max_pixels, self._detect_language = cfg["filters.max_image_pixels"], cfg["select.detect_language"]
         self._total, self._checkpoint = total_shards, checkpoint
+        self._lists = list_steps.from_config(cfg)  # applied at read and decode (filters.sample.decode_sample)
+        self._reduce_to = scoring.reduced_decode_size(self._spec, cfg["scorer.decode"])  # None: full decode
         # Looked up by module attribute: benchmarks/gpu_score.py puts a timestamping handler in its place.
         self._handler = scoring.OpenClipModelHandler(self._spec, cpu_threads)
         self._shared_model = shared.Shared()
@@ -106,7 +113,8 @@ class ScoreShards(beam.DoFn):
                 yield tag, value
                 continue
             with timed("decode"):
-                verdict = decode_sample(value, self._max_pixels, detect_language=self._detect_language)
+                verdict = decode_sample(value, self._max_pixels, detect_language=self._detect_language,
+                                        reduce_to=self._reduce_to, lists=self._lists)
             if verdict.reason:
                 yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
                 continue
@@ -151,6 +159,16 @@ class Score(beam.PTransform):
         decisions = ((rows, scored.decisions) | "AllDecisions" >> beam.Flatten()
                      | "WriteDecisions" >> WriteDecisions(fs.join(out, "decisions")))
         return done((decisions,))
+
+
+def validate(cfg: dict) -> None:
+    """The block and opt-out lists: well formed and present, before any work."""
+    list_steps.validate(cfg)
+
+
+def report_sections(cfg: dict) -> dict:
+    """report.json's per-list match counts (pipelines/lists.py)."""
+    return list_steps.report_section(cfg)
 
 
 def build(pipeline: beam.Pipeline, config: dict) -> None:

@@ -41,6 +41,9 @@ SAMPLE_CORPUS_SCHEMA: Schema = {
     "sample_corpus.mix": Option(str, "default: 5 languages, every concept equally often; skewed: the 12 "
                                 "metadata languages with a long tail of languages and concepts (curate/synth.py)",
                                 choices=("default", "skewed"), default="default"),
+    "sample_corpus.stamped": Option(float, "share of the would-be clean samples that get a text watermark stamped "
+                                    "over the scene (ground-truth kind stamped; something a probe can learn); 0 "
+                                    "leaves the corpus byte for byte as without it", min=0, max=1, default=0.0),
 }
 SCORER_SCHEMA: Schema = {
     "filters.max_image_pixels": Option(int, "refuse images with more pixels (decompression bombs), checked on the "
@@ -56,6 +59,10 @@ SCORER_SCHEMA: Schema = {
     "scorer.device": Option(str, "auto picks CUDA when available", choices=("auto", "cpu", "cuda"), default="auto"),
     "scorer.precision": Option(str, "autocast on GPU; CPU runs fp32", choices=("auto", "fp32", "fp16", "bf16"),
                                default="auto"),
+    "scorer.decode": Option(str, "cpu: decode every image at full size; cpu_fast: decode a JPEG at least twice "
+                            "the model's input size at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), then "
+                            "resize as cpu does (faster on web-sized images; scores and perceptual hashes "
+                            "differ slightly, README \"The scorer\")", choices=("cpu", "cpu_fast"), default="cpu"),
 }
 DEDUP_SCHEMA: Schema = {
     "dedup.near_method": Option(str, "the near-duplicate signal: phash (perceptual-hash distance, a copy signal, "
@@ -118,6 +125,26 @@ BALANCE_SCHEMA: Schema = {
     "balance.coverage": Option(bool, "match captions and write the coverage audit (report.json) even when not "
                                "balancing", default=True),
 }
+# Block and opt-out lists (filters/blocklist.py): each list file is applied where its kind is first
+# possible (README "Safety and consent").
+LIST_FIELDS = ("path", "kind", "language", "max_distance")
+LISTS_SCHEMA: Schema = {
+    "safety.blocklists": Option(list, "block lists, one file each: kind md5, sha1 or sha256 (image bytes), phash "
+                                "(within max_distance bits, default 8), url, domain (and its subdomains) or term "
+                                "(caption terms; language: the captions it serves, default all); reasons "
+                                "blocklisted_<hash|phash|url|domain|term>", fields=LIST_FIELDS,
+                                required=("path", "kind"), default=[]),
+    "consent.optout": Option(list, "opt-out lists of the same kinds and keys, checked after the block lists; "
+                             "reason opted_out_list", fields=LIST_FIELDS, required=("path", "kind"), default=[]),
+}
+PROBES_SCHEMA: Schema = {
+    "probes": Option(list, "learned filters on the stored embeddings (curate.probe heads), before score "
+                     "selection: path (HEAD.pt, with HEAD.json when it has one), name (reason probe:<name>; "
+                     "default: the sidecar's or the file's stem), threshold (default: the sidecar's; null = score "
+                     "only), target (image, text or both; default: the sidecar's, else image), keep (above or "
+                     "below; default: the sidecar's, else above)",
+                     fields=("path", "name", "threshold", "target", "keep"), required=("path",), default=[]),
+}
 INGEST_SCHEMA: Schema = {
     "ingest.url_col": Option(str, "column holding the image URL (LAION parquet: URL; a CC12M tsv without header: "
                              "name the columns in the file)", default="url"),
@@ -161,6 +188,9 @@ INGEST_SCHEMA: Schema = {
     "ingest.max_image_pixels": Option(int, "refuse images declaring more pixels, before decoding (this cap, not "
                                       "PIL's; at most 2**30, OpenCV's own decoding limit)", min=1, max=2 ** 30,
                                       default=PIL_DEFAULT_MAX_PIXELS),
+    "ingest.reduced_decode": Option(bool, "decode a JPEG at least twice the target size at 1/2, 1/4 or 1/8 scale "
+                                    "before the resize (same output size; README \"Reduced-size decoding\"); "
+                                    "false = img2dataset's full decode, byte for byte", default=True),
     "ingest.encode_format": Option(str, "format of the stored image", choices=("jpg", "png", "webp"), default="jpg"),
     "ingest.encode_quality": Option(int, "jpg/webp quality (0-100); png compression (0-9)", min=0, max=100,
                                     default=95),
@@ -223,6 +253,8 @@ LAION_FILTER_SCHEMA: Schema = {
                                    "(near_method clip, both, either)",
                                    min=0, max=1, default=0.96),
     **DEDUP_SCHEMA,
+    **LISTS_SCHEMA,
+    **PROBES_SCHEMA,
     "shards.samples_per_shard": Option(int, "samples per curated tar (the last may hold fewer)", min=1, default=1000),
     "exports": Option(list, "family exports of the curated shards, each into OUT/exports/<format> "
                       "(settings: configs/export.yaml)", choices=tuple(FORMATS), default=[]),
@@ -230,7 +262,8 @@ LAION_FILTER_SCHEMA: Schema = {
                              nullable=True, default=None),
     **INGEST_SCHEMA,  # used when input is a URL table: downloaded into OUT/raw first
 }
-SCORE_SCHEMA: Schema = {**INPUT_SCHEMA, "output": _output("score"), **SAMPLE_CORPUS_SCHEMA, **SCORER_SCHEMA}
+SCORE_SCHEMA: Schema = {**INPUT_SCHEMA, "output": _output("score"), **SAMPLE_CORPUS_SCHEMA, **SCORER_SCHEMA,
+                        **LISTS_SCHEMA}
 EXPORT_SCHEMA: Schema = {
     "input": Option(str, "curated shards: a laion_filter OUT/shards folder, a glob or a .tar",
                     default=None),  # not nullable: the user must name them
@@ -244,6 +277,7 @@ INGEST_PIPELINE_SCHEMA: Schema = {
                     nullable=True, default=None),
     "output": _output("ingest"),
     **INGEST_SCHEMA,
+    **LISTS_SCHEMA,
 }
 # What a section of a config is for: its comment in configs/NAME.yaml (PipelineSpec.notes may say more).
 SECTIONS = {
@@ -252,6 +286,9 @@ SECTIONS = {
     "balance": "MetaCLIP / MetaCLIP 2 balancing over metadata entries (configs/metadata), and the coverage audit",
     "decontaminate": "drop samples whose image is a copy of an evaluation image",
     "dedup.semdedup": "SemDeDup (Abbas et al. 2023) after near dedup, within k-means clusters",
+    "safety": "block lists (filters/blocklist.py), e.g. [{path: lists/csam.md5, kind: md5}, {path: bad.txt, kind: "
+              "term, language: en}]",
+    "consent": "opt-out lists (filters/blocklist.py), in the format of safety.blocklists",
     **FORMAT_SECTIONS,
 }
 
@@ -279,7 +316,8 @@ PIPELINES = {
         description="basic filters, CLIP score selection, exact and near-duplicate removal, curated shards",
         schema=LAION_FILTER_SCHEMA,
         outputs=(RAW, "embeddings", "shards", "exports", "decisions", "report.json", "report.html"),
-        reads=("input", "scores", "decontaminate.eval_set", "exports_config"),
+        reads=("input", "scores", "decontaminate.eval_set", "exports_config", "safety.blocklists",
+               "consent.optout", "probes"),
         about=("python -m curate.run --pipeline laion_filter --input RAW_SHARDS_OR_URL_TABLE --output OUTPUT",),
         notes={"ingest": "used when input is a URL table (parquet/csv/tsv/jsonl): ingested into OUTPUT/raw "
                          "first, as --pipeline ingest does (the same keys and defaults as configs/ingest.yaml)"}),
@@ -288,6 +326,7 @@ PIPELINES = {
         description="CLIP image and text embeddings + metadata in clip-retrieval's layout (reused by selection)",
         schema=SCORE_SCHEMA,
         outputs=("embeddings", "decisions", "report.json", "report.html"),
+        reads=("input", "safety.blocklists", "consent.optout"),
         about=("python -m curate.run --pipeline score --input RAW_SHARDS --output OUTPUT",
                "Re-select later without the model: python -m curate.run --pipeline laion_filter --set scores=OUTPUT"),
         notes={"filters": "only the decoder's pixel cap: the other filters run at selection (laion_filter)",
@@ -306,6 +345,7 @@ PIPELINES = {
         description="URL + caption table (parquet, csv, tsv, jsonl) -> raw WebDataset shards, via img2dataset",
         schema=INGEST_PIPELINE_SCHEMA,
         outputs=(RAW, "decisions", "report.json", "report.html"),
+        reads=("input", "safety.blocklists", "consent.optout"),
         about=("python -m curate.run --pipeline ingest --input URL_TABLE --output OUTPUT   (writes OUTPUT/raw)",),
         notes={"ingest": "img2dataset's download settings; the resize defaults are DataComp's (longest side "
                          "512, never upscaled)"}),

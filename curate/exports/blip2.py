@@ -11,14 +11,14 @@ import apache_beam as beam
 from curate.exports.writing import WriteShardPerShard, image_member
 
 
-def blip2_members(sample, decoded) -> dict:
+def blip2_members(sample, image) -> dict:
     """A JPEG named jpg and json {"caption": ...}, as LAVIS's LAION reader takes them."""
-    _, data = image_member(sample, decoded, ("jpg",))
+    _, data = image_member(sample, image, ("jpg",))
     return {"jpg": data, "json": {"caption": sample.caption}}
 
 
 class Blip2Export(beam.PTransform):
-    """Curated shard paths -> OUT_DIR/NNNNN.tar (jpg + json caption) + sizes.json; returns its writes."""
+    """Curated shards (paths or CheckedShards) -> OUT_DIR/NNNNN.tar (jpg + json caption) + sizes.json; returns its writes."""
 
     def __init__(self, cfg: dict, out_dir: str):
         super().__init__()

@@ -40,6 +40,7 @@ from curate.exports.writing import (
     exportable,
     progress,
     shard_name,
+    shard_path,
     write_json,
 )
 from curate.io import write_tar
@@ -107,11 +108,11 @@ class _TokenizeAndPackShard(beam.DoFn):
                     grids.append(None)
             return grids
 
-    def _documents(self, path, skipped: list[dict]):
+    def _documents(self, shard, skipped: list[dict]):
         """(key, token ids, image first, code grid shape) per exportable sample, in shard order.
-        Images are held ``batch_size`` at a time, never a whole shard's."""
-        samples = exportable(path)
-        while batch := [(s, d.image) for s, d in itertools.islice(samples, self._s["batch_size"])]:
+        Images are decoded and held ``batch_size`` at a time, never a whole shard's."""
+        samples = exportable(shard)
+        while batch := [(s, image.rgb()) for s, image in itertools.islice(samples, self._s["batch_size"])]:
             with timed("export_chameleon_vq"):
                 grids = self._encode([im for _, im in batch], [s.key for s, _ in batch], skipped)
             with timed("export_chameleon_text"):
@@ -133,7 +134,8 @@ class _TokenizeAndPackShard(beam.DoFn):
             return None
         return f"{name}.tar", done["sequences"], done["documents"], done["skipped"]
 
-    def process(self, path):
+    def process(self, shard):
+        path = shard_path(shard)
         name = shard_name(path)
         finished = self._finished(path, name)
         if finished is not None:
@@ -141,7 +143,7 @@ class _TokenizeAndPackShard(beam.DoFn):
             yield finished
             return
         docs, grids, skipped = [], {}, []
-        for key, ids, first, grid in self._documents(path, skipped):
+        for key, ids, first, grid in self._documents(shard, skipped):
             docs.append((key, ids, first))
             grids[key] = grid
         with timed("export_chameleon_pack"):
@@ -191,7 +193,7 @@ class _JoinMegatronParts(beam.DoFn):
 
 
 class ChameleonExport(beam.PTransform):
-    """Curated shard paths -> packed token sequences (WebDataset + Megatron .bin/.idx); returns its writes."""
+    """Curated shards (paths or CheckedShards) -> packed token sequences (WebDataset + Megatron .bin/.idx); returns its writes."""
 
     @staticmethod
     def check(cfg: dict) -> None:

@@ -15,14 +15,14 @@ from curate.exports.writing import WriteShardPerShard, image_member
 OPEN_CLIP_IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")
 
 
-def contrastive_members(sample, decoded) -> dict:
+def contrastive_members(sample, image) -> dict:
     """image (a format open_clip_train reads), caption as txt, the curated metadata as json."""
-    ext, data = image_member(sample, decoded, OPEN_CLIP_IMAGE_EXTS)
+    ext, data = image_member(sample, image, OPEN_CLIP_IMAGE_EXTS)
     return {ext: data, "txt": sample.caption, "json": sample.meta}
 
 
 class ContrastiveExport(beam.PTransform):
-    """Curated shard paths -> OUT_DIR/NNNNN.tar (image, txt, json) + sizes.json; returns its writes."""
+    """Curated shards (paths or CheckedShards) -> OUT_DIR/NNNNN.tar (image, txt, json) + sizes.json; returns its writes."""
 
     def __init__(self, cfg: dict, out_dir: str):
         super().__init__()

@@ -31,6 +31,7 @@ from curate.exports.writing import (
     exportable,
     progress,
     shard_name,
+    shard_path,
     write_json,
 )
 from curate.filters import basic
@@ -133,12 +134,13 @@ class _FlavaShardFn(beam.DoFn):
                           s["flava.seed"])
 
     def write(self, name: str, items: list[tuple[str, str, bytes, object, str | None, dict]]) -> tuple[str, int]:
-        """items: (key, image ext, image bytes, decoded RGB image, caption or None, json)."""
+        """items: (key, image ext, image bytes, a callable that returns the decoded RGB image, caption or
+        None, json)."""
         codes = []
         if self._codebook is not None:
             n = self._s["flava.batch_size"]
-            for start in range(0, len(items), n):
-                codes.extend(self._codebook.ids([it[3] for it in items[start:start + n]]))
+            for start in range(0, len(items), n):  # pixels decoded a batch at a time, only for the codebook
+                codes.extend(self._codebook.ids([it[3]() for it in items[start:start + n]]))
         members = []
         for i, (key, ext, data, _image, caption, meta) in enumerate(items):
             fields = {ext: data}
@@ -156,10 +158,10 @@ class _FlavaShardFn(beam.DoFn):
 
 
 class _WritePairsShard(_FlavaShardFn):
-    def process(self, path):
+    def process(self, shard):
         with timed("export_flava"):
-            items = [(s.key, s.image_ext, s.image, d.image, s.caption, s.meta) for s, d in exportable(path)]
-            yield self.write(shard_name(path), items)
+            items = [(s.key, s.image_ext, s.image, image.rgb, s.caption, s.meta) for s, image in exportable(shard)]
+            yield self.write(shard_name(shard_path(shard)), items)
 
 
 class _WriteImageOnlyShard(_FlavaShardFn):
@@ -183,7 +185,8 @@ class _WriteImageOnlyShard(_FlavaShardFn):
                     meta = {"key": key, "source_shard": fs.basename(path), "source_index": index,
                             "caption_dropped_for": reason, "width": decoded.width, "height": decoded.height}
                     # named by its real format, as the curated shards name it
-                    items.append((key, format_ext(decoded.format, ext), fields[ext], decoded.image, None, meta))
+                    items.append((key, format_ext(decoded.format, ext), fields[ext], (lambda im=decoded.image: im),
+                                  None, meta))
             yield self.write(f"{shard_id:05d}", items)
 
 
@@ -449,7 +452,8 @@ class PlanUnimodal(beam.PTransform):
 
 
 class FlavaExport(beam.PTransform):
-    """Curated shard paths -> OUT_DIR/{pairs, image_only, text_only}/ + masking.json; returns its writes."""
+    """Curated shards (paths or CheckedShards) -> OUT_DIR/{pairs, image_only, text_only}/ + masking.json;
+    returns its writes."""
 
     @staticmethod
     def check(cfg: dict) -> None:
@@ -480,7 +484,8 @@ class FlavaExport(beam.PTransform):
                   shards.pipeline | "Settings" >> beam.Create([settings])
                   | "WriteMaskingJson" >> beam.Map(lambda x: write_json(fs.join(out, "masking.json"), x))]
         if s["flava.unimodal"]:
-            plans = shards | "PlanUnimodal" >> PlanUnimodal(s["flava.run_dir"], s["flava.samples_per_shard"])
+            plans = (shards | "ShardPaths" >> beam.Map(shard_path)
+                     | "PlanUnimodal" >> PlanUnimodal(s["flava.run_dir"], s["flava.samples_per_shard"]))
             image_dir, text_dir = fs.join(out, "image_only"), fs.join(out, "text_only")
             writes.append(plans
                           | "ImagePlans" >> beam.FlatMap(lambda kv: [kv[1]] if kv[0] == "image_only" else [])

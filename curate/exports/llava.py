@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from curate import fs
 from curate.config import ConfigError
-from curate.exports.writing import exportable, progress, shard_name
+from curate.exports.writing import exportable, progress, shard_name, shard_path
 from curate.io import write_bytes
 from curate.timing import timed
 
@@ -40,10 +40,10 @@ class _WriteLlavaImages(beam.DoFn):
     def __init__(self, out_dir: str, prompts: list[str]):
         self._out_dir, self._prompts = out_dir, prompts
 
-    def process(self, path):
-        name, records = shard_name(path), []
+    def process(self, shard):
+        name, records = shard_name(shard_path(shard)), []
         with timed("export_llava"):
-            for sample, _decoded in exportable(path):
+            for sample, _image in exportable(shard):
                 image = f"{name}/{sample.key}.{sample.image_ext}"
                 target = fs.join(self._out_dir, "images", image)
                 fs.makedirs(fs.dirname(target))
@@ -67,7 +67,7 @@ class _WriteChatJson(beam.DoFn):
 
 
 class LlavaExport(beam.PTransform):
-    """Curated shard paths -> OUT_DIR/chat.json + OUT_DIR/images/; returns its writes."""
+    """Curated shards (paths or CheckedShards) -> OUT_DIR/chat.json + OUT_DIR/images/; returns its writes."""
 
     @staticmethod
     def check(cfg: dict) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Iterator
 
 import apache_beam as beam
 
 from curate import fs
 from curate.exports.common import CuratedSample, read_curated_shard
-from curate.filters.image import Decoded, decode_image
+from curate.filters.image import decode_image
 from curate.io import TarReadError, dumps_json, shard_stem, write_bytes, write_tar
 from curate.progress import advance
 from curate.shards import write_sizes
@@ -22,34 +23,94 @@ log = logging.getLogger("curate")
 EXPORT = "export"  # stage name in the export's decisions table and timings
 
 
-def checked_samples(path: str) -> Iterator[tuple[CuratedSample, Decoded]]:
-    """Every sample of a curated shard with its decoded image (``Decoded.reason`` set when it fails).
+@dataclass(frozen=True)
+class ImageCheck:
+    """What decoding one curated image found, without its pixels: ``reason`` (and ``detail``) when it
+    fails, else its format and size; ``key`` and ``index`` (position in the tar) name the sample."""
+    key: str
+    index: int
+    reason: str | None
+    detail: str | None
+    format: str | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class CheckedShard:
+    """A curated shard whose images were each decoded once (``checks``, in shard order, one per
+    sample read), so that no format decodes them again to learn whether they can be exported.
+    ``error``: why the tar broke off after the samples read (``TarReadError``), else None."""
+    path: str
+    checks: tuple[ImageCheck, ...]
+    error: str | None = None
+
+
+def check_shard(path: str) -> CheckedShard:
+    """Decode every image of a curated shard once and keep what was found (not the pixels).
 
     laion_filter only writes decodable images, so a failure means a damaged or foreign shard; each
     export skips such samples and the export pipeline records them. A tar that breaks off mid-way
-    yields the samples before the damage (the pipeline records an ``unreadable_tar`` row).
+    keeps the samples before the damage (the pipeline records an ``unreadable_tar`` row).
     """
+    checks, error = [], None
     try:
         for sample in read_curated_shard(path):
-            yield sample, decode_image(sample.image)
+            d = decode_image(sample.image)
+            checks.append(ImageCheck(sample.key, sample.index, d.reason, d.detail, d.format, d.width, d.height))
     except TarReadError as e:
         log.warning("export: %s (exported the samples before the error)", e)
+        error = str(e)
+    return CheckedShard(path, tuple(checks), error)
 
 
-def exportable(path: str) -> Iterator[tuple[CuratedSample, Decoded]]:
-    """The samples of ``path`` every export can take: image decodes (see checked_samples)."""
-    return ((s, d) for s, d in checked_samples(path) if d.reason is None)
+def as_checked(shard: str | CheckedShard) -> CheckedShard:
+    """A format's input element: a CheckedShard (pipelines.export checks each shard once for all
+    formats) or a curated shard path, checked here (a format run on its own)."""
+    return shard if isinstance(shard, CheckedShard) else check_shard(shard)
 
 
-def image_member(sample: CuratedSample, decoded: Decoded, allowed: tuple[str, ...] = ("jpg",)) -> tuple[str, bytes]:
+def shard_path(shard: str | CheckedShard) -> str:
+    return shard.path if isinstance(shard, CheckedShard) else shard
+
+
+class ExportImage:
+    """A curated image that decodes (its ImageCheck) and, for the formats that need pixels (codebook
+    and VQ codes, re-encoding), ``rgb()``: one more decode, made only when called."""
+
+    def __init__(self, data: bytes, check: ImageCheck):
+        self._data, self.format, self.width, self.height = data, check.format, check.width, check.height
+
+    def rgb(self):
+        return decode_image(self._data).image
+
+
+def exportable(shard: str | CheckedShard) -> Iterator[tuple[CuratedSample, ExportImage]]:
+    """The samples of a curated shard every export can take (their image decoded when checked), in
+    shard order, without decoding them again."""
+    checked = as_checked(shard)
+    samples = read_curated_shard(checked.path)
+    for check in checked.checks:
+        try:
+            sample = next(samples)
+        except (StopIteration, TarReadError):
+            sample = None
+        if sample is None or (sample.key, sample.index) != (check.key, check.index):
+            log.warning("export: %s changed since it was checked; exported the samples before", checked.path)
+            return
+        if check.reason is None:
+            yield sample, ExportImage(sample.image, check)
+
+
+def image_member(sample: CuratedSample, image: ExportImage, allowed: tuple[str, ...] = ("jpg",)) -> tuple[str, bytes]:
     """(extension, bytes) of the image: the curated bytes when their extension is one the reader
     takes (and matches the bytes' format: curated members are named by it, MPO being a JPEG), else the
     decoded image re-encoded as JPEG (quality 95), so nothing is dropped for format."""
     ext = "jpg" if sample.image_ext == "jpeg" and "jpeg" not in allowed else sample.image_ext
-    if ext in allowed and (decoded.format in ("JPEG", "MPO")) == (ext in ("jpg", "jpeg")):
+    if ext in allowed and (image.format in ("JPEG", "MPO")) == (ext in ("jpg", "jpeg")):
         return ext, sample.image
     buf = io.BytesIO()
-    decoded.image.save(buf, format="JPEG", quality=95)
+    image.rgb().save(buf, format="JPEG", quality=95)
     return "jpg", buf.getvalue()
 
 
@@ -103,10 +164,10 @@ class _WriteMappedShard(beam.DoFn):
     def __init__(self, out_dir: str, to_members, label: str):
         self._out_dir, self._to_members, self._label = out_dir, to_members, label
 
-    def process(self, path):
+    def process(self, shard):
         with timed(self._label):
-            members = [(sample.key, self._to_members(sample, decoded)) for sample, decoded in exportable(path)]
-            name = f"{shard_name(path)}.tar"
+            members = [(sample.key, self._to_members(sample, image)) for sample, image in exportable(shard)]
+            name = f"{shard_name(shard_path(shard))}.tar"
             fs.makedirs(self._out_dir)
             write_tar(fs.join(self._out_dir, name), members)
         progress(self._out_dir, name, len(members))
@@ -114,9 +175,11 @@ class _WriteMappedShard(beam.DoFn):
 
 
 class WriteShardPerShard(beam.PTransform):
-    """Curated shard paths -> one WebDataset tar per curated shard (same number) + sizes.json.
+    """Curated shards (paths or CheckedShards) -> one WebDataset tar per curated shard (same number) +
+    sizes.json.
 
-    ``to_members(sample, decoded) -> {ext: bytes|str|dict}`` says what a format writes per sample.
+    ``to_members(sample, image) -> {ext: bytes|str|dict}`` says what a format writes per sample
+    (``image``: an ExportImage).
     """
 
     def __init__(self, out_dir: str, to_members, label: str):

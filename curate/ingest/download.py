@@ -44,6 +44,7 @@ from pyarrow import feather
 from curate import fs
 from curate.filters.image import allow_pil
 from curate.ingest import polite
+from curate.ingest.resize import ReducedDecodeResizer
 from curate.ingest.shard import (
     DECOMPRESSION_BOMB,
     OOM_SHARD_COUNT,
@@ -123,10 +124,12 @@ class OrderedShardWriter(WebDatasetSampleWriter):
 
 
 def make_resizer(s: Settings) -> PixelLimit:
+    """img2dataset's Resizer, large JPEGs decoded at reduced size (curate.ingest.resize) unless
+    ``reduced_decode`` is off, behind the pixel cap."""
     resizer = Resizer(s.image_size, s.resize_mode, s.resize_only_if_bigger, encode_quality=s.encode_quality,
                       encode_format=s.encode_format, min_image_size=s.min_image_size,
                       max_aspect_ratio=s.max_aspect_ratio or float("inf"))
-    return PixelLimit(resizer, s.max_image_pixels)
+    return PixelLimit(ReducedDecodeResizer(resizer) if s.reduced_decode else resizer, s.max_image_pixels)
 
 
 class PoliteDownloader(Downloader):

@@ -227,8 +227,23 @@ class Session:
 
     def fetch_all(self, urls: list, threads: int):
         """Download ``urls`` with ``threads`` threads under this session's limits; yields one
-        Fetched per URL, in completion order."""
-        yield from _ShardRun(self, urls, threads).results()
+        Fetched per URL, in completion order.
+
+        Block and opt-out lists (``settings.lists``) come first: a URL that a URL or domain list names
+        is answered at once with the list's reason and 0 attempts, and never queued, so its host sees
+        no request for it (nor a robots.txt request, when every URL of the host is listed); a body
+        whose digest a hash list names ends as that list's reason, as if it had not been downloaded."""
+        lists = getattr(self.settings, "lists", None)
+        if not lists:
+            yield from _ShardRun(self, urls, threads).results()
+            return
+        listed = {i: m for i, url in enumerate(urls) if (m := lists.check_url(url if isinstance(url, str) else None))}
+        yield from (Fetched(i, None, f"{m.reason}: {m.detail}", 0) for i, m in listed.items())
+        rest = [i for i in range(len(urls)) if i not in listed]
+        for got in _ShardRun(self, [urls[i] for i in rest], threads).results():
+            found = lists.check_image(got.body) if got.body is not None else None
+            yield Fetched(rest[got.index], None if found else got.body,
+                          f"{found.reason}: {found.detail}" if found else got.error, got.attempts)
 
 
 _SESSIONS: dict[str, Session] = {}

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from curate import fs
+from curate.filters import blocklist
 from curate.ingest import guard, polite
 
 OOM_SHARD_COUNT = 5  # shard names NNNNN, as img2dataset's default
@@ -19,6 +20,9 @@ RESIZE_REASONS = {"image too small": "image_too_small", "image area too large": 
 DECOMPRESSION_BOMB = "decompression_bomb"
 HASH_MISMATCH = "hash_mismatch"
 RESIZE_ERROR = "resize_error"
+# Block and opt-out lists at ingest (polite.Session.fetch_all): URL and domain lists before any
+# request, hash lists on the downloaded bytes.
+LIST_REASONS = frozenset({blocklist.reason(k) for k in blocklist.KINDS} | {blocklist.OPTED_OUT_LIST})
 
 
 def status_reason(status: str | None, error_message: str | None) -> str | None:
@@ -37,7 +41,7 @@ def status_reason(status: str | None, error_message: str | None) -> str | None:
     if msg == "hash mismatch":
         return HASH_MISMATCH
     head = msg.split(":", 1)[0]
-    if head in guard.REASONS or (head.startswith("http_") and head[5:].isdigit()):
+    if head in guard.REASONS or head in LIST_REASONS or (head.startswith("http_") and head[5:].isdigit()):
         return head
     return guard.DOWNLOAD_ERROR
 
@@ -45,7 +49,7 @@ def status_reason(status: str | None, error_message: str | None) -> str | None:
 def retryable(reason: str | None) -> bool:
     """Rows --retry-failed downloads again: failed downloads, except what the policy refused
     (a retry would be refused again) and failed resizes (the same bytes fail the same way)."""
-    return reason is not None and reason not in guard.POLICY_REASONS and reason not in (
+    return reason is not None and reason not in guard.POLICY_REASONS and reason not in LIST_REASONS and reason not in (
         *RESIZE_REASONS.values(), DECOMPRESSION_BOMB, RESIZE_ERROR)
 
 
@@ -71,6 +75,8 @@ class Settings:
     disallowed_header_directives: tuple
     policy: guard.Policy
     limits: polite.Limits = polite.Limits()
+    lists: blocklist.Blocklists | None = None  # block and opt-out lists: URL, domain and hash lists apply at ingest
+    reduced_decode: bool = True  # large JPEGs decoded at 1/2-1/8 scale before the resize (curate/ingest/resize.py)
 
     @property
     def oom_samples(self) -> int:
