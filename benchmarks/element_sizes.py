@@ -10,7 +10,8 @@ graph in order (select.mode threshold, dedup.exact, dedup.url_caption, dedup.nea
 ``both``, no SemDeDup, no decontamination, no exports): the scoring fan-out, UniqueKeys, exact dedup
 by sha256 and by url + caption, near dedup's count, k-means sample and cluster routing, the
 connected-components rounds, the join of entries with their groups, the greedy groups, the curated
-shard writer and WriteDecisions. Graph "fraction" adds the GroupByKeys of ``select.mode: fraction``;
+shard writer and WriteDecisions. Graph "fraction" adds the GroupByKeys of ``select.mode: fraction``,
+"balance" those of ``balance.enabled``;
 "reference" is what the shard writer's first shuffle carried before DropEmbeddings existed.
 
 Each row says what one element stands for (column ``per``, explained in ``PER``) and how many
@@ -71,6 +72,10 @@ PER = {
     "shard score": "fraction mode: one per (input shard, distinct score)",
     "distinct score": "fraction mode: one per distinct score (at most 20,001)",
     "tie": "fraction mode: one per sample tied at the cut, only when the cut splits ties",
+    "matched sample": "balance.enabled: one per sample that passed the basic filter",
+    "shard entry": "balance.enabled: one per (input shard, matched metadata entry); fewer where the "
+                   "runner combines before the shuffle",
+    "matched entry": "balance.enabled: one per distinct (language, metadata entry) matched in the corpus",
 }
 
 
@@ -190,11 +195,26 @@ def shuffles(samples: list, dim: int) -> list[Shuffled]:
         _sizes([(123_456, InputCount(123_456, 10_000, 500_000))]))
     # select.mode fraction only (pipelines/laion_filter.py TopFraction)
     f = "fraction"
-    row(f, "top fraction", "GroupInputShard", "scored", 1, _sizes((s.shard_index, s.clip_score) for s in samples))
-    row(f, "top fraction", "GroupScore", "shard score", 1, _sizes((s.clip_score, 123) for s in samples))
-    row(f, "top fraction", "GatherHistogram (one worker)", "distinct score", 1,
-        _sizes((None, (s.clip_score, 123456)) for s in samples))
+    # CountOncePerSample (curate/gather.py): per input shard, then a combiner per value, then one list
+    row(f, "top fraction", "Histogram/GroupInputShard", "scored", 1,
+        _sizes((s.shard_index, (s.member_index, (("", s.clip_score),))) for s in samples))
+    row(f, "top fraction", "Histogram/Sum (combiner)", "shard score", 1,
+        _sizes((("", s.clip_score), 123) for s in samples))
+    row(f, "top fraction", "Histogram/GatherCounts (one worker)", "distinct score", 1,
+        _sizes((None, (("", s.clip_score), 123456)) for s in samples))
     row(f, "top fraction", "GatherTies (one worker)", "tie", 1, _sizes((None, (s.key, s.order)) for s in samples))
+    # balance.enabled only (pipelines/balance.py): the entries each caption names, counted the same way
+    from curate.filters.metadata import load_metadata
+
+    metadata = load_metadata()
+    entries = [(s, metadata.match(s.caption, s.language)) for s in samples]
+    b = "balance"
+    row(b, "balancing", "CountEntries/GroupInputShard", "matched sample", 1,
+        _sizes((s.shard_index, (s.member_index, tuple((s.language, e) for e in es))) for s, es in entries))
+    row(b, "balancing", "CountEntries/Sum (combiner)", "shard entry", 1,
+        _sizes(((s.language, e), 12) for s, es in entries for e in es))
+    row(b, "balancing", "CountEntries/GatherCounts (one worker)", "matched entry", 1,
+        _sizes((None, ((s.language, e), 123456)) for s, es in entries for e in es))
     return rows
 
 
