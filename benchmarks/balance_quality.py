@@ -97,15 +97,16 @@ def concept_scores(runs: list[dict], datasets) -> dict:
     return out
 
 
-def subset_languages(out: str, subset: str) -> dict[str, int] | None:
-    """Samples per language group of a recipe's curated subset, from its coverage audit (None: raw)."""
+def subset_languages(out: str, subset: str, point: str = "kept") -> dict[str, int] | None:
+    """Samples per language group of a recipe's curated subset (``point`` "input": of the readable
+    pool it was cut from), from its coverage audit (None: raw)."""
     path = os.path.join(out, "subsets", subset, "report.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         report = json.load(f)
     languages = report.get("coverage", {}).get("languages", {})
-    kept = {lang: c["samples"]["kept"] for lang, c in languages.items()}
+    kept = {lang: c["samples"][point] for lang, c in languages.items()}
     out = {g: sum(kept.get(lang, 0) for lang in langs) for g, langs in GROUPS.items()}
     for lang in ("en", "th"):  # the head language and the smallest: the audit's rule, from its entry counts
         entries = [c for c in languages.get(lang, {}).get("entries", {}).values() if c["input"]]
@@ -134,7 +135,10 @@ def main(argv=None) -> int:
     print(f"\n# balance quality: {platform.node() or 'machine'}, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d')}; command: {' '.join(['python benchmarks/balance_quality.py', *sys.argv[1:]])}")
     print(f"settings: {json.dumps(doc['settings'], sort_keys=True)}; wall {wall / 60:.1f} min")
-    print("\nSamples per language group in each subset (the raw pool: its coverage in the default run's input):")
+    print("\nSamples per language group in each subset, from its run's coverage audit:")
+    pool = subset_languages(args.out, "curated", "input")
+    if pool:
+        print(f"  {'pool (readable)':<24} {'':>13} {json.dumps({g: pool[g] for g in GROUPS})}")
     for subset, s in doc["summary"].items():
         langs = subset_languages(args.out, subset)
         print(f"  {subset:<24} {s['unique_samples']:>6} unique  {json.dumps(langs) if langs else ''}")
