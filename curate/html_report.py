@@ -553,6 +553,32 @@ def _languages(report: dict, d: Digest) -> str:
             f"{head}</tr>{body}</table></div>")
 
 
+def _coverage(coverage: dict) -> str:
+    """report.json's coverage audit (curate/coverage.py): a row per language, and each language's
+    entries with their counts (input -> kept) behind a fold, lost ones first."""
+    balanced = coverage["balanced"]
+    first, last = ("before_balancing", "after_balancing") if balanced else ("input", "kept")
+    rows, folds = [], []
+    for lang, c in coverage["languages"].items():
+        ratio = " → ".join("-" if c["head_to_tail"][p] is None else f"{c['head_to_tail'][p]:.1f}" for p in (first, last))
+        lost = ", ".join(c["lost"][:8]) + (f" (+{len(c['lost']) - 8})" if len(c["lost"]) > 8 else "")
+        rows.append(f"<tr><th>{_e(lang)}</th><td>{c['samples']['input']:,}</td><td>{c['samples']['kept']:,}</td>"
+                    f"<td>{c['entries_present']['input']}</td><td>{c['entries_present']['kept']}</td>"
+                    f"<td>{_e(ratio)}</td><td>{_e(c.get('cap', ''))}</td><td>{_e(lost)}</td></tr>")
+        named = sorted(((e, n) for e, n in c["entries"].items() if n["input"]),
+                       key=lambda en: (en[1]["kept"] > 0, -en[1]["input"], en[0]))
+        folds.append(f"<details><summary>{_e(lang)}: {len(named)} entries named</summary><p class=\"sub\">"
+                     + ", ".join(f"{_e(e)} {n['input']:,} → {n['kept']:,}" for e, n in named) + "</p></details>")
+    unlisted = ", ".join(f"{_e(k)} {v:,}" for k, v in coverage["unlisted"].items())
+    note = f'<p class="warn">{_e(coverage["caps_note"])}</p>' if coverage.get("caps_note") else ""
+    return (f'<p class="sub">metadata entries the captions name, per language ({_e(coverage["metadata"])}); '
+            f'head/tail {"before → after balancing" if balanced else "input → kept"}</p>{note}'
+            '<div class="wide"><table class="small"><tr><th>language</th><th>samples in</th><th>kept</th>'
+            "<th>entries in</th><th>kept</th><th>head/tail</th><th>cap</th><th>lost entries</th></tr>"
+            + "".join(rows) + "</table></div>" + "".join(folds)
+            + (f'<p class="sub">no metadata list: {unlisted}</p>' if unlisted else ""))
+
+
 def _cuts(counter: Counter) -> list[float]:
     """The thresholds applied, most used first (a few at most: one per language in mode language)."""
     return [t / TICKS + LOW for t, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:6]]
@@ -682,6 +708,8 @@ def render(report: dict, d: Digest, shown: dict, out: str) -> str:
         section("reasons", "Drop reasons", _reasons(report, d))
     if any(lang != NO_LANGUAGE for lang, _ in d.by_language):
         section("languages", "What each language lost", _languages(report, d))
+    if report.get("coverage", {}).get("languages"):
+        section("coverage", "Concept coverage", _coverage(report["coverage"]))
     if d.histograms:
         section("scores", "CLIP scores", _histograms(d))
     if any(b.items for b in [*d.above.values(), *d.below.values()]):

@@ -130,6 +130,9 @@ def test_tiny_corpus_report_shows_the_group_the_failure_and_both_languages(tiny,
     assert ">broken</b>" in gallery and "no preview" in gallery and "<img" not in gallery
     languages = html.split('id="languages"')[1].split("</section>")[0]
     assert "<th>en</th>" in languages and "<th>es</th>" in languages
+    coverage = html.split('id="coverage"')[1].split("</section>")[0]  # report.json's coverage audit
+    for lang, c in report["coverage"]["languages"].items():
+        assert f"<th>{lang}</th><td>{c['samples']['input']:,}</td><td>{c['samples']['kept']:,}</td>" in coverage
     assert "en (" in seen["text"] and "es (" in seen["text"]  # a histogram per language
     assert ">swapped</b>" in html.split('id="boundary"')[1].split("</section>")[0]
 
