@@ -49,6 +49,7 @@ class Option:
     # list: its items are mappings with these keys (each a string, number or null; the pipeline checks
     # their values), e.g. safety.blocklists' {path, kind}
     fields: tuple[str, ...] = ()
+    text_fields: tuple[str, ...] = ()  # list of mappings: fields whose value must be a string
     # The value configs/NAME.yaml gives the key; None writes null, which a key that is not nullable
     # refuses: the user must give that key.
     default: Any = UNSET
@@ -83,6 +84,10 @@ class Option:
             missing = [name for name in self.required if name not in value]
             if missing:
                 raise ConfigError(f"config error: {key} must be {self.describe()}, got {value!r}")
+            not_names = [k for k in value if not isinstance(k, str)]
+            if not_names:  # YAML 1.1 reads no, yes, on, off as booleans: Norwegian "no" would become False
+                raise ConfigError(f"config error: {key}: key {not_names[0]!r} is not a name; quote it "
+                                  f"(e.g. {{'no': 0.5}}: YAML reads no, yes, on and off as true/false)")
             number = Option(float, self.help, min=self.min, max=self.max)
             return {str(k): number.check(f"{key}.{k}", v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
         if self.kind is list and self.fields:
@@ -128,6 +133,10 @@ class Option:
             bad = [k for k, v in item.items() if not (v is None or isinstance(v, (str, int, float, bool)))]
             if bad:
                 raise ConfigError(f"config error: {where}.{bad[0]} must be a string or a number, got {item[bad[0]]!r}")
+            texts = [k for k in self.text_fields if k in item and item[k] is not None and not isinstance(item[k], str)]
+            if texts:  # YAML 1.1 reads no, yes, on, off as booleans: language: no would become False
+                raise ConfigError(f"config error: {where}.{texts[0]} must be a string, got {item[texts[0]]!r}; "
+                                  "quote it (YAML reads no, yes, on and off as true/false)")
             items.append({name: item[name] for name in self.fields if name in item})
         return items
 

@@ -58,7 +58,7 @@ def count_entries(decisions_dir: str, metadata: Metadata, balanced: bool) -> tup
                 continue
             listed = metadata.list_language(language)
             if listed is None:
-                unlisted[language or "unknown"] += 1
+                unlisted[(language or "").strip().lower().replace("_", "-") or "unknown"] += 1
                 continue
             points = _points(stage, kept, balanced)
             by_point = entries.setdefault(listed, {p: Counter() for p in POINTS})

@@ -255,7 +255,10 @@ def load_head(path: str, name: str | None = None, threshold: float | None = None
 
     if not fs.exists(path):
         raise ValueError(f"{path}: head file not found")
-    state = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds (UnpicklingError, KeyError, RuntimeError) on a foreign file
+        raise ValueError(f"{path}: not a PyTorch state dict ({type(e).__name__}: {str(e)[:120]})") from None
     meta = {}
     if fs.exists(sidecar_path(path)):
         meta = json.loads(fs.read_bytes(sidecar_path(path)))
@@ -586,6 +589,10 @@ def main(argv=None) -> int:
                                  "default: print them tab-separated")
     s.add_argument("--threshold", type=float, help="override the sidecar's threshold")
     args = ap.parse_args(argv)
+    out_dir = os.path.dirname(args.out or "")
+    if out_dir and fs.is_local(out_dir) and not fs.isdir(out_dir):
+        print(f"error: --out {args.out}: the folder {out_dir} does not exist", file=sys.stderr)
+        return 2
     try:
         return _train_main(args) if args.command == "train" else _score_main(args)
     except ValueError as e:

@@ -405,7 +405,7 @@ def _file_sha256(path: str) -> str:
 
 def _read_text(path: str) -> str:
     try:
-        return fs.read_bytes(path).decode("utf-8")
+        return fs.read_bytes(path).decode("utf-8-sig")  # a byte-order mark is no part of the first entry
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text: {e}") from None
 

@@ -198,11 +198,17 @@ def _open_after(text: str, stop: int, suffixes: frozenset[str]) -> bool:
 def load_metadata(folder: str = DEFAULT_METADATA) -> Metadata:
     """Every ``LANGUAGE.txt`` in ``folder`` (a local path or any fsspec URL), one list per language
     named by the file's stem. Raises ValueError when the folder holds no such file."""
+    if not fs.isdir(folder):
+        raise ValueError(f"{folder} is not a folder")
     paths = fs.glob(fs.join(folder, "*.txt"))
     if not paths:
         raise ValueError(f"no metadata files (LANGUAGE.txt) in {folder}")
     entries = {}
     for path in paths:
         with fs.open(path, "rb") as f:
-            entries[fs.basename(path)[: -len(".txt")]] = read_entries(f.read().decode("utf-8"))
+            try:  # utf-8-sig: a byte-order mark is no part of the first entry
+                text = f.read().decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        entries[fs.basename(path)[: -len(".txt")]] = read_entries(text)
     return Metadata(entries, source=folder)

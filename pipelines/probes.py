@@ -26,8 +26,13 @@ from curate.records import PROBE, Sample, decision, stable
 
 def load_heads(cfg: dict) -> list[probe.Head]:
     """The ``probes:`` heads, loaded (torch only to read the state dicts; scoring is numpy)."""
-    return [probe.load_head(item["path"], name=item.get("name"), threshold=item.get("threshold"),
-                            target=item.get("target"), keep=item.get("keep")) for item in cfg.get("probes") or ()]
+    heads = []
+    for item in cfg.get("probes") or ():
+        head = probe.load_head(item["path"], name=item.get("name"), threshold=item.get("threshold"),
+                               target=item.get("target"), keep=item.get("keep"))
+        # threshold: null given explicitly means "score only", not "the sidecar's" (key absent)
+        heads.append(head.with_threshold(None) if "threshold" in item and item["threshold"] is None else head)
+    return heads
 
 
 def _stored_dims(run_dir: str) -> dict[str, int]:

@@ -128,14 +128,16 @@ BALANCE_SCHEMA: Schema = {
 # Block and opt-out lists (filters/blocklist.py): each list file is applied where its kind is first
 # possible (README "Safety and consent").
 LIST_FIELDS = ("path", "kind", "language", "max_distance")
+LIST_TEXT_FIELDS = ("path", "kind", "language")
 LISTS_SCHEMA: Schema = {
     "safety.blocklists": Option(list, "block lists, one file each: kind md5, sha1 or sha256 (image bytes), phash "
                                 "(within max_distance bits, default 8), url, domain (and its subdomains) or term "
                                 "(caption terms; language: the captions it serves, default all); reasons "
                                 "blocklisted_<hash|phash|url|domain|term>", fields=LIST_FIELDS,
-                                required=("path", "kind"), default=[]),
+                                text_fields=LIST_TEXT_FIELDS, required=("path", "kind"), default=[]),
     "consent.optout": Option(list, "opt-out lists of the same kinds and keys, checked after the block lists; "
-                             "reason opted_out_list", fields=LIST_FIELDS, required=("path", "kind"), default=[]),
+                             "reason opted_out_list", fields=LIST_FIELDS, text_fields=LIST_TEXT_FIELDS,
+                             required=("path", "kind"), default=[]),
 }
 PROBES_SCHEMA: Schema = {
     "probes": Option(list, "learned filters on the stored embeddings (curate.probe heads), before score "
@@ -143,7 +145,8 @@ PROBES_SCHEMA: Schema = {
                      "default: the sidecar's or the file's stem), threshold (default: the sidecar's; null = score "
                      "only), target (image, text or both; default: the sidecar's, else image), keep (above or "
                      "below; default: the sidecar's, else above)",
-                     fields=("path", "name", "threshold", "target", "keep"), required=("path",), default=[]),
+                     fields=("path", "name", "threshold", "target", "keep"),
+                     text_fields=("path", "name", "target", "keep"), required=("path",), default=[]),
 }
 INGEST_SCHEMA: Schema = {
     "ingest.url_col": Option(str, "column holding the image URL (LAION parquet: URL; a CC12M tsv without header: "

@@ -217,3 +217,11 @@ def test_real_image_bytes(tmp_path):
     Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, format="JPEG")
     path = write(tmp_path, "md5.txt", [hashlib.md5(buf.getvalue()).hexdigest()])
     assert bl.Blocklists([bl.ListSpec(path, "md5")], cache="").check_image(buf.getvalue()).kind == "md5"
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_entry(tmp_path):
+    """Notepad writes UTF-8 with a BOM: the first term must still match (a silent miss is a safety bug)."""
+    path = tmp_path / "terms.txt"
+    path.write_bytes("\ufefftriangolo\nquadrato\n".encode("utf-8"))
+    lists = bl.Blocklists([bl.ListSpec(str(path), "term")], cache="")
+    assert lists.check_caption("un triangolo rosso", "it").entry == "triangolo"

@@ -42,6 +42,11 @@ def test_unknown_key_names_key_and_allowed_siblings():
     ("select.clip_threshold=2", "select.clip_threshold must be a number >= -1 and <= 1"),
     ("scorer.device=tpu", "scorer.device must be one of auto, cpu, cuda"),
     ("dedup.exact=maybe", "dedup.exact must be true or false"),
+    # YAML 1.1 reads no/yes/on/off as booleans: Norwegian "no" must not become False silently
+    ("balance.language_caps={no: 1}", "balance.language_caps: key False is not a name; quote it"),
+    ("safety.blocklists=[{path: x.txt, kind: term, language: no}]",
+     r"safety.blocklists\[0\].language must be a string, got False; quote it"),
+    ("safety.blocklists=[{path: x.txt, kind: term, language: 5}]", r"safety.blocklists\[0\].language must be a string"),
 ])
 def test_bad_values_name_key_and_what_is_allowed(item, expect):
     with pytest.raises(config.ConfigError, match=expect):

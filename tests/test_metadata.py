@@ -106,8 +106,20 @@ def test_load_metadata_folder(tmp_path):
     (tmp_path / "notes.md").write_text("ignored")
     md = load_metadata(str(tmp_path))
     assert md.languages == ("en",) and md.entries("en") == ("red", "blue") and md.source == str(tmp_path)
-    with pytest.raises(ValueError, match="no metadata files"):
+    with pytest.raises(ValueError, match="is not a folder"):
         load_metadata(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no metadata files"):
+        load_metadata(str(empty))
+    # a byte-order mark (Notepad's UTF-8) is no part of the first entry; a latin-1 file names itself
+    bom = tmp_path / "bom"
+    bom.mkdir()
+    (bom / "it.txt").write_bytes("\ufeffrosso\nblu\n".encode("utf-8"))
+    assert load_metadata(str(bom)).match("un cerchio rosso", "it") == ("rosso",)
+    (bom / "fr.txt").write_bytes("bleu clair\nvert foncé\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="fr.txt: not UTF-8"):
+        load_metadata(str(bom))
 
 
 def test_shipped_lists(shipped):

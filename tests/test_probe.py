@@ -217,3 +217,24 @@ def test_probe_on_the_score_pipelines_embeddings(tmp_path, monkeypatch):
     scores = str(tmp_path / "s.parquet")
     assert probe.main(["score", "--embeddings", scored, "--head", head_path, "--out", scores]) == 0
     assert pq.read_table(scores).num_rows == 120
+
+
+def test_foreign_head_files_explicit_null_threshold_and_missing_out_folder(tmp_path, capsys):
+    """Found by trying the tool as a new user: a text file given as a head, `threshold: null` in a
+    config, and an --out folder that does not exist."""
+    from curate.pipelines.probes import load_heads
+
+    text = tmp_path / "notpt.pt"
+    text.write_text("not a state dict\n")
+    with pytest.raises(ValueError, match="not a PyTorch state dict") as e:
+        probe.load_head(str(text))
+    assert "\n" not in str(e.value)
+    lin = torch.nn.Linear(8, 1)
+    path = str(tmp_path / "h.pt")
+    probe.save_head(probe.head_from_state_dict(lin.state_dict(), name="h", threshold=0.25), path)
+    assert load_heads({"probes": [{"path": path}]})[0].threshold == 0.25  # absent: the sidecar's
+    assert load_heads({"probes": [{"path": path, "threshold": None}]})[0].threshold is None  # null: score only
+    assert probe.main(["score", "--embeddings", str(tmp_path), "--head", path,
+                       "--out", str(tmp_path / "nodir" / "s.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
