@@ -249,6 +249,14 @@ def read_paths(spec: PipelineSpec, cfg: dict) -> dict[str, str]:
     return reads
 
 
+def missing_files(spec: PipelineSpec, cfg: dict) -> None:
+    """A list or head file (``KEY[i]`` of ``read_paths``) that does not exist: a ConfigError before the
+    pipeline's imports (what is inside each file is checked by the pipeline's own validate)."""
+    for key, path in read_paths(spec, cfg).items():
+        if "[" in key and not fs.exists(path):
+            raise config_lib.ConfigError(f"config error: {key}: {path} does not exist")
+
+
 def check_sample_corpus_folder(out: str) -> None:
     """OUT/sample_corpus is replaced when its settings change: refuse, before any work, a folder of
     that name that curate did not write (no corpus.json), so no user file is ever deleted."""
@@ -407,6 +415,7 @@ def run(argv=None, ctrl_c_exits: bool = False) -> dict:
     cfg = config_lib.load(args.pipeline, spec.schema, args.config, args.set,
                           {"input": args.input, "output": args.output})
     also = check_command(args, cfg)
+    missing_files(spec, cfg)
     # Only now Beam, torch, open_clip: the checks above report a mistake in a fraction of a second.
     from apache_beam.options.pipeline_options import DirectOptions, TestOptions
 

@@ -313,3 +313,12 @@ def test_a_probe_learns_the_stamped_watermark(tmp_path, monkeypatch):
           f"{removed[~is_stamped].sum()}/{(~is_stamped).sum()} clean")
     assert sidecar["auc"] >= 0.95 and unlabelled_auc >= 0.9
     assert removed[is_stamped].mean() > 0.5 and removed[~is_stamped].mean() <= 0.1
+
+
+def test_a_missing_list_or_head_file_is_one_line_before_the_pipeline_is_imported(tmp_path, capsys):
+    out = tmp_path / "out"
+    for key in ("safety.blocklists=[{path: nowhere.md5, kind: md5}]", "probes=[{path: nowhere.pt}]"):
+        assert run.main(["--pipeline", "laion_filter", "--output", str(out), "--set", key]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not exist" in err[0] and "nowhere" in err[0]
+    assert not out.exists()
