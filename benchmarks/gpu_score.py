@@ -150,14 +150,20 @@ def main() -> int:
     ap.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 on CUDA; CPU always runs fp32")
     ap.add_argument("--raw-steps", type=int, default=20, help="model calls timed for the raw forward rate")
     ap.add_argument("--work", default="work-tmp/bench-gpu")
+    ap.add_argument("--decode", default="cpu", help="scorer.decode: cpu (exact) or cpu_fast (reduced-size JPEG decoding)")
+    ap.add_argument("--web", action="store_true", help="web-sized 1024x768 photo JPEGs (benchmarks/web_images.py) "
+                    "instead of the built-in 256-px corpus")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (or --device cpu to check the script)")
         return 1
     precision = args.precision if args.device.startswith("cuda") else "fp32"
     spec = clip.ScorerSpec(model=args.model, pretrained=args.pretrained, device=args.device, precision=precision)
-    corpus = os.path.join(args.work, f"corpus-{args.samples}")
-    if not os.path.exists(os.path.join(corpus, "ground_truth.parquet")):
+    corpus = os.path.join(args.work, f"corpus-{'web-' if args.web else ''}{args.samples}")
+    if args.web and not os.path.exists(os.path.join(corpus, "00000.tar")):
+        from web_images import web_corpus
+        web_corpus(corpus, args.samples)
+    elif not args.web and not os.path.exists(os.path.join(corpus, "ground_truth.parquet")):
         synth.generate(corpus, args.samples, seed=3, noise=0.0, shard_size=500, processes=os.cpu_count() or 1)
     batch_dir = os.path.join(args.work, "batches")
     shutil.rmtree(batch_dir, ignore_errors=True)
@@ -169,14 +175,15 @@ def main() -> int:
     report = run.run(["--pipeline", "score", "--input", corpus, "--output", os.path.join(args.work, "out"),
                       "--overwrite", "--set", f"scorer.model={spec.model}", "--set", f"scorer.pretrained={spec.pretrained}",
                       "--set", f"scorer.device={spec.device}", "--set", f"scorer.precision={spec.precision}",
-                      "--set", f"scorer.batch_size={args.batch}", "--direct_running_mode=multi_processing",
+                      "--set", f"scorer.batch_size={args.batch}", "--set", f"scorer.decode={args.decode}",
+                      "--direct_running_mode=multi_processing",
                       f"--direct_num_workers={args.workers}"])
     gpu = sampler.stop() if sampler else "not sampled (--device cpu)"
 
     scored, wall = report["counts"]["kept"], report["time"]["wall_seconds"]
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     print(f"device: {name}; {os.cpu_count()} CPU cores; {args.workers} workers; batch {args.batch}; "
-          f"{spec.model} {spec.precision}")
+          f"{spec.model} {spec.precision}; decode {args.decode}; corpus {'web 1024x768' if args.web else 'built-in 256 px'}")
     print(f"end to end: {scored} images in {wall:.1f}s = {scored / wall:.0f} images/s (start-up included)")
     steady = steady_rate(read_batches(batch_dir))
     if steady:
