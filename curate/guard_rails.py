@@ -71,9 +71,22 @@ def demo_scorer_on_foreign_input(config: dict, synthetic: bool) -> str | None:
     return None
 
 
-def warnings(counts: dict, config: dict, synthetic: bool) -> list[str]:
+def unlisted_languages_dropped(config: dict, sections: dict) -> str | None:
+    """Balancing with ``balance.unmatched: drop`` drops every sample of a language that has no
+    metadata list (nothing can match): a whole language gone is more likely a missing list."""
+    unlisted = (sections.get("coverage") or {}).get("unlisted") or {}
+    if not (config.get("balance.enabled") and config.get("balance.unmatched") == "drop" and unlisted):
+        return None
+    shown = ", ".join(f"{lang} {n}" for lang, n in sorted(unlisted.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+    return (f"balance.unmatched=drop dropped every sample of {len(unlisted)} language(s) without a metadata list "
+            f"(samples in: {shown}{', ...' if len(unlisted) > 5 else ''}): add LANGUAGE.txt lists to balance.metadata, "
+            "or set balance.unmatched=keep")
+
+
+def warnings(counts: dict, config: dict, synthetic: bool, sections: dict | None = None) -> list[str]:
+    """``sections``: what the pipeline added to report.json (laion_filter: the coverage audit)."""
     checks = (nothing_kept(counts), near_dedup_share(counts), large_groups(counts),
-              demo_scorer_on_foreign_input(config, synthetic))
+              demo_scorer_on_foreign_input(config, synthetic), unlisted_languages_dropped(config, sections or {}))
     return [w for w in checks if w]
 
 

@@ -531,8 +531,8 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     # what a pipeline adds to report.json from its outputs (laion_filter: the coverage audit)
     sections = module.report_sections(cfg) if hasattr(module, "report_sections") else {}
     report = write_report(out, pipeline_name, cfg, counts, wall, stage_seconds(result), shards,
-                          options.view_as(StandardOptions).runner, guard_rails.warnings(counts, cfg, synthetic),
-                          synthetic, cpu, sections)
+                          options.view_as(StandardOptions).runner,
+                          guard_rails.warnings(counts, cfg, synthetic, sections), synthetic, cpu, sections)
     html_report.write_after_run(out, report)
     print(summary(report, out, module.describe_outputs(cfg) if hasattr(module, "describe_outputs") else None))
     check_conservation(counts)  # after the report: a failed run keeps its evidence

@@ -147,3 +147,15 @@ def test_caps_by_language_rules_overrides_and_fallback():
     assert caps == {"de": 20.0} and "tail_share not applied" in note
     with pytest.raises(ValueError):
         balance.caps_by_language(counts, 20, "median")
+
+
+def test_guard_rail_names_languages_that_drop_for_want_of_a_list():
+    from curate import guard_rails
+
+    coverage = {"coverage": {"unlisted": {"it": 138, "nl": 4}}}
+    on = {"balance.enabled": True, "balance.unmatched": "drop"}
+    warning = guard_rails.unlisted_languages_dropped(on, coverage)
+    assert "2 language(s)" in warning and "it 138, nl 4" in warning and "balance.unmatched=keep" in warning
+    assert guard_rails.unlisted_languages_dropped({**on, "balance.unmatched": "keep"}, coverage) is None
+    assert guard_rails.unlisted_languages_dropped({**on, "balance.enabled": False}, coverage) is None
+    assert guard_rails.unlisted_languages_dropped(on, {"coverage": {"unlisted": {}}}) is None
