@@ -25,11 +25,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 from curate.filters.balance import head_to_tail_ratio
+from quality import run_quality  # benchmarks/quality.py, beside this script
 
 from curate import synth
 from curate.quality.evalsets import class_names, class_values
@@ -120,16 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="balance-bench")
     ap.add_argument("rest", nargs="*", help="flags passed on to python -m curate.quality (after --)")
     args = ap.parse_args(argv)
-    t0 = time.time()
-    cmd = [sys.executable, "-m", "curate.quality", "--out", args.out, "--mix", "skewed", "--recipes", RECIPES,
-           *DEFAULT_FLAGS, *args.rest]
-    status = subprocess.run(cmd, check=False).returncode
-    wall = time.time() - t0
+    status, doc, wall = run_quality(args.out, ["--mix", "skewed", "--recipes", RECIPES, *DEFAULT_FLAGS, *args.rest])
     if status != 0:
-        print(f"curate.quality exited {status}")
         return status
-    with open(os.path.join(args.out, "results.json")) as f:
-        doc = json.load(f)
     datasets = discover(os.path.join(args.out, "eval"))
     runs = doc["runs"]
     print(f"\n# balance quality: {platform.node() or 'machine'}, {os.cpu_count()} cores, "

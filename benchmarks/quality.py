@@ -28,20 +28,26 @@ ABLATION_STEP = {"no_clip_select": "CLIP-score selection", "no_dedup": "deduplic
                  "no_basic_filter": "basic filter"}
 
 
+def run_quality(out: str, flags: list[str]) -> tuple[int, dict | None, float]:
+    """``python -m curate.quality --out OUT FLAGS``: (exit status, its results.json or None, wall seconds)."""
+    t0 = time.time()
+    status = subprocess.run([sys.executable, "-m", "curate.quality", "--out", out, *flags], check=False).returncode
+    wall = time.time() - t0
+    if status != 0:
+        print(f"curate.quality exited {status}")
+        return status, None, wall
+    with open(os.path.join(out, "results.json")) as f:
+        return status, json.load(f), wall
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="quality-bench")
     ap.add_argument("rest", nargs="*", help="flags passed on to python -m curate.quality (after --)")
     args = ap.parse_args(argv)
-    t0 = time.time()
-    cmd = [sys.executable, "-m", "curate.quality", "--out", args.out, *args.rest]
-    status = subprocess.run(cmd, check=False).returncode
-    wall = time.time() - t0
+    status, doc, wall = run_quality(args.out, args.rest)
     if status != 0:
-        print(f"curate.quality exited {status}")
         return status
-    with open(os.path.join(args.out, "results.json")) as f:
-        doc = json.load(f)
     with open(os.path.join(args.out, "results.md")) as f:
         table = f.read()
     s = doc["summary"]
