@@ -11,6 +11,7 @@ the basic filters, so that empty or boilerplate captions do not count towards an
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -22,6 +23,10 @@ from curate.config import ConfigError, section
 from curate.gather import CountOncePerSample
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import BALANCE, Sample, decision
+
+# One load per folder and process: validate, the matching step, the balancing step and the report
+# all ask for the lists, and a web-scale list (MetaCLIP's 500k entries) takes seconds to build.
+_load_metadata = functools.lru_cache(maxsize=4)(load_metadata)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class BalanceParams:
     def load(self) -> Metadata:
         """The metadata lists; a ConfigError (one line) when the folder holds none."""
         try:
-            return load_metadata(self.metadata or DEFAULT_METADATA)
+            return _load_metadata(self.metadata or DEFAULT_METADATA)
         except (OSError, ValueError) as e:
             raise ConfigError(f"config error: balance.metadata: {e}") from None
 
