@@ -1,11 +1,15 @@
 """GPU scoring throughput: the `score` pipeline end to end with ViT-B-32 in fp16 on one CUDA device.
 
-    python benchmarks/gpu_score.py [--samples 20000] [--workers 12] [--batch 512]
+    python benchmarks/gpu_score.py [--samples 20000] [--workers 12] [--batch 512] [--decode cpu,gpu]
+                                   [--share-model] [--web]
     python benchmarks/gpu_score.py --device cpu --model curate-demo-64 --pretrained demo \
         --samples 600 --workers 2 --batch 64          # the script's own logic, on a machine without GPU
 
 Random weights (throughput does not depend on them; no download needed). Local Beam worker
-processes decode and preprocess on CPU and each feeds the device with its own model copy. Prints:
+processes read and decode; with ``--decode gpu`` each batch's JPEGs are decoded (nvJPEG) and resized
+on the device; each worker feeds its own model copy, or with ``--share-model`` one model process
+(scorer.share_model). ``--decode cpu,gpu`` runs the modes one after the other on the same corpus and
+prints them side by side with the raw forward rate. Prints, per mode:
 
 - end to end: images scored / the run's wall time (start-up of every worker included);
 - steady state, all workers together: every worker appends (time.time(), batch size) to its own
@@ -139,6 +143,45 @@ def raw_rate(spec: clip.ScorerSpec, batch: int, steps: int = 20) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
+def score_run(args, spec: clip.ScorerSpec, corpus: str, decode: str) -> dict:
+    """One ``score`` run with ``scorer.decode`` = ``decode``: its report, batch timestamps and GPU samples."""
+    batch_dir = os.path.join(args.work, f"batches-{decode}")
+    shutil.rmtree(batch_dir, ignore_errors=True)
+    os.makedirs(batch_dir)
+    scoring.OpenClipModelHandler = timestamped(os.path.abspath(batch_dir))  # ScoreShards looks it up by this name
+    sampler = GpuSampler() if args.device.startswith("cuda") else None
+    started = time.time()
+    report = run.run(["--pipeline", "score", "--input", corpus, "--output", os.path.join(args.work, f"out-{decode}"),
+                      "--overwrite", "--set", f"scorer.model={spec.model}", "--set", f"scorer.pretrained={spec.pretrained}",
+                      "--set", f"scorer.device={spec.device}", "--set", f"scorer.precision={spec.precision}",
+                      "--set", f"scorer.batch_size={args.batch}", "--set", f"scorer.decode={decode}",
+                      "--set", f"scorer.share_model={str(args.share_model).lower()}",
+                      "--direct_running_mode=multi_processing",
+                      f"--direct_num_workers={args.workers}"])
+    gpu = sampler.stop() if sampler else "not sampled (--device cpu)"
+    return {"report": report, "started": started, "steady": steady_rate(read_batches(batch_dir)), "gpu": gpu}
+
+
+def print_run(decode: str, r: dict) -> None:
+    scored, wall, started, steady = (r["report"]["counts"]["kept"], r["report"]["time"]["wall_seconds"], r["started"],
+                                     r["steady"])
+    print(f"decode {decode}:")
+    print(f"  end to end: {scored} images in {wall:.1f}s = {scored / wall:.0f} images/s (start-up included)")
+    if steady:
+        lo, hi = steady["all_running"]
+        print(f"  steady state, all workers on one clock: {steady['images']} images from the first batch end "
+              f"(+{steady['first'] - started:.1f}s) to the last (+{steady['last'] - started:.1f}s) = "
+              f"{steady['rate']:.0f} images/s ({steady['batches']} batches, {len(steady['per_worker'])} workers)")
+        print(f"    all workers scoring at once: +{lo - started:.1f}s to +{hi - started:.1f}s"
+              + ("" if hi > lo else " (never: some worker ended before another began)"))
+        for w, (a, b, n) in sorted(steady["per_worker"].items()):
+            print(f"    {w}: +{a - started:.1f}s to +{b - started:.1f}s, {n / (b - a) if b > a else float('nan'):.0f} images/s")
+    else:
+        print("  steady state: fewer than two batches recorded")
+    print(f"  GPU utilisation: {r['gpu']}")
+    print(f"  stage times: {r['report']['time']}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=20000)
@@ -150,13 +193,21 @@ def main() -> int:
     ap.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 on CUDA; CPU always runs fp32")
     ap.add_argument("--raw-steps", type=int, default=20, help="model calls timed for the raw forward rate")
     ap.add_argument("--work", default="work-tmp/bench-gpu")
-    ap.add_argument("--decode", default="cpu", help="scorer.decode: cpu (exact) or cpu_fast (reduced-size JPEG decoding)")
+    ap.add_argument("--decode", default="cpu", help="scorer.decode, one or several comma-separated, run one after "
+                    "the other on the same corpus and printed side by side: cpu, cpu_fast, gpu (e.g. cpu,gpu)")
+    ap.add_argument("--share-model", action="store_true", help="scorer.share_model: one model process that every "
+                    "worker sends its batches to, instead of one model copy per worker")
     ap.add_argument("--web", action="store_true", help="web-sized 1024x768 photo JPEGs (benchmarks/web_images.py) "
                     "instead of the built-in 256-px corpus")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (or --device cpu to check the script)")
         return 1
+    modes = [m.strip() for m in args.decode.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in scoring.DECODE_MODES]
+    if unknown or not modes:
+        print(f"--decode: {', '.join(unknown) or 'nothing'} not in {', '.join(scoring.DECODE_MODES)}")
+        return 2
     precision = args.precision if args.device.startswith("cuda") else "fp32"
     spec = clip.ScorerSpec(model=args.model, pretrained=args.pretrained, device=args.device, precision=precision)
     corpus = os.path.join(args.work, f"corpus-{'web-' if args.web else ''}{args.samples}")
@@ -165,41 +216,22 @@ def main() -> int:
         web_corpus(corpus, args.samples)
     elif not args.web and not os.path.exists(os.path.join(corpus, "ground_truth.parquet")):
         synth.generate(corpus, args.samples, seed=3, noise=0.0, shard_size=500, processes=os.cpu_count() or 1)
-    batch_dir = os.path.join(args.work, "batches")
-    shutil.rmtree(batch_dir, ignore_errors=True)
-    os.makedirs(batch_dir)
 
-    scoring.OpenClipModelHandler = timestamped(os.path.abspath(batch_dir))  # ScoreShards looks it up by this name
-    sampler = GpuSampler() if args.device.startswith("cuda") else None
-    started = time.time()
-    report = run.run(["--pipeline", "score", "--input", corpus, "--output", os.path.join(args.work, "out"),
-                      "--overwrite", "--set", f"scorer.model={spec.model}", "--set", f"scorer.pretrained={spec.pretrained}",
-                      "--set", f"scorer.device={spec.device}", "--set", f"scorer.precision={spec.precision}",
-                      "--set", f"scorer.batch_size={args.batch}", "--set", f"scorer.decode={args.decode}",
-                      "--direct_running_mode=multi_processing",
-                      f"--direct_num_workers={args.workers}"])
-    gpu = sampler.stop() if sampler else "not sampled (--device cpu)"
-
-    scored, wall = report["counts"]["kept"], report["time"]["wall_seconds"]
+    runs = {decode: score_run(args, spec, corpus, decode) for decode in modes}
+    raw = raw_rate(spec, args.batch, args.raw_steps)  # after the runs: no worker competes for the device
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     print(f"device: {name}; {os.cpu_count()} CPU cores; {args.workers} workers; batch {args.batch}; "
-          f"{spec.model} {spec.precision}; decode {args.decode}; corpus {'web 1024x768' if args.web else 'built-in 256 px'}")
-    print(f"end to end: {scored} images in {wall:.1f}s = {scored / wall:.0f} images/s (start-up included)")
-    steady = steady_rate(read_batches(batch_dir))
-    if steady:
-        lo, hi = steady["all_running"]
-        print(f"steady state, all workers on one clock: {steady['images']} images from the first batch end "
-              f"(+{steady['first'] - started:.1f}s) to the last (+{steady['last'] - started:.1f}s) = "
-              f"{steady['rate']:.0f} images/s ({steady['batches']} batches, {len(steady['per_worker'])} workers)")
-        print(f"  all workers scoring at once: +{lo - started:.1f}s to +{hi - started:.1f}s"
-              + ("" if hi > lo else " (never: some worker ended before another began)"))
-        for w, (a, b, n) in sorted(steady["per_worker"].items()):
-            print(f"  {w}: +{a - started:.1f}s to +{b - started:.1f}s, {n / (b - a) if b > a else float('nan'):.0f} images/s")
-    else:
-        print("steady state: fewer than two batches recorded")
-    print(f"GPU utilisation: {gpu}")
-    print(f"stage times: {report['time']}")
-    print(f"raw forward (image + text), batch {args.batch}: {raw_rate(spec, args.batch, args.raw_steps):.0f} pairs/s")
+          f"{spec.model} {spec.precision}; share_model {args.share_model}; "
+          f"corpus {'web 1024x768' if args.web else 'built-in 256 px'}, {args.samples} samples; {time.strftime('%Y-%m-%d')}")
+    for decode, r in runs.items():
+        print_run(decode, r)
+    print(f"raw forward (image + text), batch {args.batch}: {raw:.0f} pairs/s")
+    print("side by side (targets, issue 19: steady >= 10,000/s and >= 0.8x raw; end to end >= 0.7x steady):")
+    print(f"  {'decode':<9} {'end to end/s':>13} {'steady/s':>10} {'steady/raw':>11} {'e2e/steady':>11}  GPU utilisation")
+    for decode, r in runs.items():
+        e2e = r["report"]["counts"]["kept"] / r["report"]["time"]["wall_seconds"]
+        steady = r["steady"].get("rate", float("nan")) if r["steady"] else float("nan")
+        print(f"  {decode:<9} {e2e:>13.0f} {steady:>10.0f} {steady / raw:>11.2f} {e2e / steady:>11.2f}  {r['gpu']}")
     return 0
 
 

@@ -6,24 +6,30 @@ re-selects with any thresholds without loading the model again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import uuid
 
 import apache_beam as beam
 from apache_beam.utils import shared
+from curate.filters.image import decode_image
 from curate.filters.sample import decode_sample
 from curate.pipelines import lists as list_steps
 from curate.pipelines.specs import PIPELINES
 
-from curate import fs, resume, scoring
+from curate import fs, gpu_decode, resume, scoring
 from curate.config import section
 from curate.decisions import WriteDecisions
 from curate.models.clip import ScorerSpec
 from curate.outputs import DECISIONS, MAIN, done, split
 from curate.raw_shards import list_input_shards, read_shard
-from curate.records import decision
+from curate.records import DECODE, decision
 from curate.resume import ScoreCheckpoint
 from curate.scoring import (
+    MAX_ASPECT_BEFORE_RESIZE,
     ClipPreprocessor,
+    DevicePreprocessor,
+    Prepared,
     cpu_threads_per_worker,
     scored_samples,
     stack,
@@ -57,13 +63,19 @@ class ScoreShards(beam.DoFn):
     the whole shard, checkpoints it (curate.resume) and only then emits it, so no shuffle stands
     between the model and the checkpoint and a crash costs only the shards in flight. A shard the
     checkpoint already holds comes back from its stored part, with no read, decode or model call;
-    the model is loaded (one per worker process) on the first shard that needs it.
+    the model is loaded (one per worker process) on the first shard that needs it. With
+    ``scorer.share_model`` the first worker that needs it starts one model process for the machine
+    (Beam's MultiProcessShared, as RunInference's ``share_model_across_processes``) and every worker
+    sends it its batches; the last worker to tear down shuts it down.
 
     A batch holds ``batch_size`` consecutive samples of one shard, the shard's last batch fewer. On
     CPU a score's last bits depend on the batch it is computed in; built inside one process() call,
     batches have the same content on every runner, bundling and worker count, and so do the scores
     and every output behind them. Decoding and preprocessing run here, on CPU, before batching
     (``scorer.decode: cpu_fast`` decodes large JPEGs at reduced size: scoring.reduced_decode_size).
+    With ``scorer.decode: gpu`` the CPU decodes at a small reduced size only to validate and hash, and
+    each batch's JPEGs are decoded and resized on the scorer's device (scoring.DevicePreprocessor);
+    other images keep the CPU path.
     """
 
     def __init__(self, cfg: dict, total_shards: int, checkpoint: ScoreCheckpoint, cpu_threads: int = 0):
@@ -72,12 +84,38 @@ class ScoreShards(beam.DoFn):
         self._total, self._checkpoint = total_shards, checkpoint
         self._lists = list_steps.from_config(cfg)  # applied at read and decode (filters.sample.decode_sample)
         self._reduce_to = scoring.reduced_decode_size(self._spec, cfg["scorer.decode"])  # None: full decode
+        self._on_device = cfg["scorer.decode"] == "gpu"
+        if self._on_device:
+            scoring.device_input_side(self._spec)  # a model the device path cannot rebuild stops the run here
+        self._share = cfg["scorer.share_model"]
         # Looked up by module attribute: benchmarks/gpu_score.py puts a timestamping handler in its place.
-        self._handler = scoring.OpenClipModelHandler(self._spec, cpu_threads)
+        self._handler = scoring.OpenClipModelHandler(self._spec, cpu_threads, share_model=self._share)
         self._shared_model = shared.Shared()
+        # One model process per run and machine: a tag no other run (or a stale address file) shares.
+        self._shared_tag = f"curate-clip-{uuid.uuid4().hex}"
+        # Its lock and address files: in the run's checkpoint folder (removed when the run completes)
+        # when the output is local, as every local worker must reach them; else the temp folder.
+        out = cfg["output"]
+        self._shared_dir = resume.folder(out) if out and fs.is_local(out) else None
 
     def setup(self):
-        self._model = self._preprocess = None
+        self._model = self._preprocess = self._device_batch = self._server = None
+
+    def teardown(self):
+        """Shared model: detach, and the last worker shuts the model process down (no process outlives
+        the run; the process that started it would otherwise stop it only when it exits)."""
+        if self._server is None or self._model is None:
+            return
+        model, self._model = self._model, None
+        # The model process may be gone already: the worker that started it stops it when it exits,
+        # and local workers exit one after another at the end of the run. Nothing is left to release then.
+        try:
+            left = model.detach()
+            self._server.release(model)
+            if left == 0:
+                self._server.unsafe_hard_delete()
+        except (EOFError, OSError):  # OSError: connection refused; EOFError: it exits while answering
+            pass
 
     def process(self, element):
         index, path = element
@@ -97,13 +135,32 @@ class ScoreShards(beam.DoFn):
     def _score(self, index: int, path: str):
         if self._model is None:
             self._preprocess = ClipPreprocessor(self._spec)
-            self._model = self._shared_model.acquire(self._handler.load_model, tag=repr(self._spec))
+            if self._on_device:
+                self._device_batch = DevicePreprocessor(self._spec, self._preprocess, self._max_pixels)
+            self._model = self._load_model()
         for tag, value in self._batches(index, path):
             if tag != MAIN:
                 yield tag, value
                 continue
             for result in self._handler.run_inference([value], self._model):
                 yield from ((MAIN, s) for s in scored_samples(result.example, *result.inference))
+
+    def _load_model(self):
+        """This worker's model (one per process), or a proxy of the machine's shared one."""
+        if not self._share:
+            return self._shared_model.acquire(self._handler.load_model, tag=repr(self._spec))
+        from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+        # spawn_process: the model lives in a process of its own, not in whichever worker came first.
+        extra = {}
+        if self._shared_dir:
+            fs.makedirs(self._shared_dir)
+            extra["path"] = self._shared_dir
+        self._server = MultiProcessShared(functools.partial(scoring.load_shared_encoder, self._spec),
+                                          tag=self._shared_tag, always_proxy=True, spawn_process=True, **extra)
+        model = self._server.acquire()
+        model.attach()
+        return model
 
     def _batches(self, index: int, path: str):
         """(MAIN, ClipBatch) per batch of the shard's decodable samples; (DECISIONS, row) for the rest."""
@@ -112,18 +169,52 @@ class ScoreShards(beam.DoFn):
             if tag != MAIN:
                 yield tag, value
                 continue
+            jpeg = None
             with timed("decode"):
                 verdict = decode_sample(value, self._max_pixels, detect_language=self._detect_language,
                                         reduce_to=self._reduce_to, lists=self._lists)
+                if not verdict.reason and self._on_device:
+                    verdict, jpeg = self._for_device(value, verdict)
             if verdict.reason:
                 yield DECISIONS, decision(verdict.sample, False, verdict.stage, verdict.reason, detail=verdict.detail)
                 continue
-            batch.append((verdict.sample, self._preprocess(verdict.image, verdict.sample.caption)))
+            tokens = self._preprocess.tokens(verdict.sample.caption)
+            batch.append(Prepared(verdict.sample, tokens, jpeg=jpeg) if jpeg is not None else
+                         Prepared(verdict.sample, tokens, image=self._preprocess.image(verdict.image)))
             if len(batch) == self._n:
-                yield MAIN, stack(batch)
+                yield from self._stacked(batch)
                 batch = []
         if batch:
+            yield from self._stacked(batch)
+
+    def _for_device(self, raw, verdict):
+        """scorer.decode gpu, a sample the CPU's reduced decode passed: (verdict, its JPEG bytes) when
+        the device decodes it (gpu_decode.device_decodable); else (verdict with the full-size image the
+        cpu path scores, None), decoded again at full size if the reduced decode shrank it (a failure
+        there is the cpu path's drop)."""
+        sample = verdict.sample
+        data = raw.fields[sample.image_ext]
+        if sample.image_format in gpu_decode.DEVICE_FORMATS and gpu_decode.device_decodable(
+                data, MAX_ASPECT_BEFORE_RESIZE):
+            return verdict, data
+        if verdict.image.size == (sample.width, sample.height):  # not reduced (not a large JPEG)
+            return verdict, None
+        full = decode_image(data, self._max_pixels)
+        if full.reason:
+            return dataclasses.replace(verdict, image=None, reason=full.reason, stage=DECODE, detail=full.detail), None
+        return dataclasses.replace(verdict, image=full.image), None
+
+    def _stacked(self, batch: list[Prepared]):
+        """(MAIN, ClipBatch) of prepared samples; with scorer.decode gpu its images made on the device,
+        and (DECISIONS, row) for an image that neither the device nor the CPU decodes."""
+        if not self._on_device:
             yield MAIN, stack(batch)
+            return
+        clip_batch, failed = self._device_batch(batch)
+        for sample, decoded in failed:
+            yield DECISIONS, decision(sample, False, DECODE, decoded.reason, detail=decoded.detail)
+        if clip_batch is not None:
+            yield MAIN, clip_batch
 
 
 class ScoreRawShards(beam.PTransform):

@@ -62,7 +62,13 @@ SCORER_SCHEMA: Schema = {
     "scorer.decode": Option(str, "cpu: decode every image at full size; cpu_fast: decode a JPEG at least twice "
                             "the model's input size at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), then "
                             "resize as cpu does (faster on web-sized images; scores and perceptual hashes "
-                            "differ slightly, README \"The scorer\")", choices=("cpu", "cpu_fast"), default="cpu"),
+                            "differ slightly, README \"The scorer\"); gpu: the CPU decodes at 1/2-1/8 scale "
+                            "only to validate and hash, each batch's RGB JPEGs are decoded (nvJPEG on CUDA) and "
+                            "resized on scorer.device, other images as cpu", choices=("cpu", "cpu_fast", "gpu"),
+                            default="cpu"),
+    "scorer.share_model": Option(bool, "one model per machine, in a process of its own that every local worker "
+                                 "process sends its batches to (Beam's MultiProcessShared), instead of one "
+                                 "copy per worker", default=False),
 }
 DEDUP_SCHEMA: Schema = {
     "dedup.near_method": Option(str, "the near-duplicate signal: phash (perceptual-hash distance, a copy signal, "
