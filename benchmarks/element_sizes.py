@@ -160,7 +160,7 @@ def shuffles(samples: list, dim: int) -> list[Shuffled]:
         _sizes((0, (dedup.training_rank(s.key, s.order), s.order, to_vector(s.phash).astype(np.float16)))
                for s in order if s.phash))
     row(g, "near: routing", "GroupByCluster (hash + embedding, rule both)", "assignment", 1,
-        _sizes((1234, ClusterMember(s.order, to_vector(s.phash), np.asarray(s.image_embedding, np.float32)))
+        _sizes((1234, ClusterMember(s.order, bytes.fromhex(s.phash), dedup.exact_half(s.image_embedding)))
                for s in order if s.phash))
     row(g, "components", "LargeStar0/Neighbourhoods", "pair copy", 2, _sizes(pairs))
     row(g, "components", f"LargeStar1-{ROUNDS - 1}/Neighbourhoods", "edge", 2 * (ROUNDS - 1), _sizes(pairs))

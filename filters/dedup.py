@@ -298,6 +298,30 @@ def search_vector(sample: Sample, space: str) -> np.ndarray | None:
     return None if sample.image_embedding is None else np.asarray(sample.image_embedding, np.float32)
 
 
+def packed_vector(sample: Sample, space: str):
+    """``search_vector`` in the fewest bytes that give it back exactly (what a sample ships to its
+    clusters): a hash as its 8 bytes, an embedding as ``exact_half``; None when it has no such signal."""
+    if space == PHASH:
+        return None if sample.phash is None else bytes.fromhex(sample.phash)
+    return None if sample.image_embedding is None else exact_half(sample.image_embedding)
+
+
+def unpacked_vectors(packed: list, space: str) -> np.ndarray:
+    """``packed_vector`` values -> the (n, d) float32 rows ``search_vector`` gives for them."""
+    if space == PHASH:
+        bits = np.unpackbits(np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(packed), -1), axis=1)
+        return (bits.astype(np.float32) * 2 - 1) / np.float32(8)  # as phash.to_vector
+    return np.stack([np.asarray(v, np.float32) for v in packed])
+
+
+def exact_half(v) -> np.ndarray:
+    """An embedding as float16 when that loses nothing (the scorer and stored scores keep embeddings as
+    float16 values: scoring.scored_samples), else as float32: half the bytes through a shuffle."""
+    v = np.asarray(v, np.float32)
+    half = v.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), v) else v
+
+
 def measures(a_emb, a_hash: str | None, b_emb, b_hash: str | None) -> tuple[float | None, int | None]:
     """(embedding cosine to 4 decimals, hash distance) of two images; None where a signal is missing."""
     sim = None

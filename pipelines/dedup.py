@@ -220,10 +220,11 @@ def _clusters(emb, centroids, m: int, border: float) -> list[int]:
 
 @dataclass(frozen=True)
 class ClusterMember:
-    """What one sample sends to a cluster: its position, its search vector, and (for the rule
-    ``both``, searched by hash) its image embedding."""
+    """What one sample sends to a cluster: its position, its search vector packed
+    (dedup.packed_vector: a hash's 8 bytes, an embedding as float16) and (for the rule ``both``,
+    searched by hash) its image embedding (dedup.exact_half)."""
     order: tuple
-    vector: np.ndarray
+    vector: bytes | np.ndarray
     embedding: np.ndarray | None = None
 
 
@@ -236,11 +237,11 @@ class _ToClusters(beam.DoFn):
         vector = dedup.search_vector(s, self._space)
         if vector is None:
             return
-        embedding = None
-        if self._rule.method == "both" and s.image_embedding is not None:
-            embedding = np.asarray(s.image_embedding, np.float32)
+        member = ClusterMember(s.order, dedup.packed_vector(s, self._space),
+                               dedup.exact_half(s.image_embedding)
+                               if self._rule.method == "both" and s.image_embedding is not None else None)
         for c in _clusters(vector, centroids, self._m, self._border):
-            yield c, ClusterMember(s.order, vector, embedding)
+            yield c, member
 
 
 class _PairsInCluster(beam.DoFn):
@@ -255,7 +256,7 @@ class _PairsInCluster(beam.DoFn):
         if len(members) < 2:
             return
         with timed(NEAR_DEDUP):
-            i, j, s = dedup.pairs_above(np.stack([m.vector for m in members]),
+            i, j, s = dedup.pairs_above(dedup.unpacked_vectors([m.vector for m in members], self._space),
                                         self._rule.search_threshold(self._space))
         for a, b, value in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
             ma, mb = members[a], members[b]

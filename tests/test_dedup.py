@@ -190,3 +190,23 @@ def test_nearest_clusters_agrees_with_batched_assign():
     batched = dedup.assign(x, centroids, m=2, border=0.1)
     one_by_one = [dedup.nearest_clusters(v, centroids, 2, 0.1) for v in x]
     assert [sorted(c for c in row if c >= 0) for row in batched.tolist()] == [sorted(r) for r in one_by_one]
+
+
+def test_packed_vectors_give_back_the_search_vectors_exactly():
+    """What a sample ships to its clusters (8 hash bytes, a float16 embedding) unpacks to the very
+    vectors the search would have used, in both spaces."""
+    rng = np.random.default_rng(3)
+    stored = [rng.standard_normal(64).astype(np.float16).astype(np.float32) for _ in range(5)]
+    samples = [sample(str(i), emb=e, phash=rng.bytes(8).hex()) for i, e in enumerate(stored)]
+    for space in (dedup.PHASH, dedup.CLIP):
+        packed = [dedup.packed_vector(s, space) for s in samples]
+        expected = np.stack([dedup.search_vector(s, space) for s in samples])
+        assert np.array_equal(dedup.unpacked_vectors(packed, space), expected)
+    assert all(len(dedup.packed_vector(s, dedup.PHASH)) == 8 for s in samples)
+    assert dedup.packed_vector(samples[0], dedup.CLIP).dtype == np.float16
+
+
+def test_exact_half_keeps_float32_when_float16_would_lose_bits():
+    v = np.float32([1 / 3, 0.1, 2.0])  # 1/3 and 0.1 are not float16 values
+    assert dedup.exact_half(v).dtype == np.float32 and np.array_equal(dedup.exact_half(v), v)
+    assert dedup.exact_half(np.float32([0.5, -2.0])).dtype == np.float16
