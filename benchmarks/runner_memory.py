@@ -5,11 +5,12 @@
 What it runs: the shape of laion_filter on stored scores without any of its work. One element per
 "input shard" of 2,000 samples is spread over the workers, each shard becomes 2,000 elements of
 ``--bytes`` random bytes (about what one stored-scores Sample with 64-d embeddings pickles to:
-benchmarks/element_sizes.py), they are grouped by a key of 1,000 values and counted. It prints the
-peak RSS of every process (the runner and its workers), as benchmarks/scale_memory.py does for
-laion_filter, so the two tables can be read side by side: growth that this pipeline shows too is
-the runner's (Beam's FnApiRunner in multi_processing mode hands each worker one bundle per stage,
-its share of that stage's whole input), not curate's.
+benchmarks/element_sizes.py), they are grouped by a key of 1,000 values and counted. Each size runs
+twice: on Beam as it is, and with what ``python -m curate.run`` adds (curate.local_runner: input
+handed to workers in messages of about 10 MB, and its malloc settings for the worker processes).
+It prints the peak RSS of every process (the runner and its workers), as
+benchmarks/scale_memory.py does for laion_filter: growth on Beam as it is is the runner's own
+(FnApiRunner sends a worker its whole share of a stage's input as one gRPC message), not curate's.
 """
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ from proctree import is_beam_worker, run_monitored  # noqa: E402
 SHARD = 2000
 
 
-def pipeline(n: int, size: int, workers: int) -> None:
+def pipeline(n: int, size: int, workers: int, chunked: bool) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+
+    if chunked:
+        sys.path.insert(0, os.path.dirname(HERE))
+        from curate import local_runner
+
+        local_runner.stream_to_workers()
+        os.environ.update({k: v for k, v in local_runner.WORKER_MALLOC.items() if k not in os.environ})
 
     def shard(index):
         for i in range(SHARD):
@@ -49,30 +57,34 @@ def main(argv=None) -> int:
     ap.add_argument("--bytes", type=int, default=1200, help="bytes per element")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--run", type=int, help=argparse.SUPPRESS)  # one run, in the monitored child
+    ap.add_argument("--chunked", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
-        pipeline(args.run, args.bytes, args.workers)
+        pipeline(args.run, args.bytes, args.workers, args.chunked)
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {os.cpu_count()} cores; load before: {os.getloadavg()[0]:.2f}")
     print(f"Beam FnApiRunner, multi_processing, {args.workers} workers, {args.bytes}-byte elements, "
           f"{SHARD} per shard, no curate code")
-    print("| elements | wall s | runner peak RSS | worker peak RSS, each |")
-    print("|---:|---:|---:|---|")
-    peaks = {}
+    variants = {"Beam as it is": [], "curate.local_runner": ["--chunked"]}
+    print("| elements | runner | wall s | runner peak RSS | worker peak RSS, each |")
+    print("|---:|---|---:|---:|---|")
+    peaks = {v: {} for v in variants}
     for n in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--run", str(n), "--bytes", str(args.bytes),
-               "--workers", str(args.workers)]
-        res, mon, wall = run_monitored(cmd, cwd=HERE)
-        if res.returncode:
-            raise SystemExit(f"run failed: {res.stdout[-2000:]}")
-        procs = sorted(mon.procs.values(), key=lambda p: p["pid"])
-        workers = [p["peak_rss"] / 2**30 for p in procs if is_beam_worker(p["cmd"])]
-        peaks[n] = max(workers)
-        print(f"| {n:,} | {wall:.1f} | {mon.procs[min(mon.procs)]['peak_rss'] / 2**30:.2f} GB | "
-              f"{', '.join(f'{w:.2f}' for w in workers)} GB |", flush=True)
-    print(f"largest worker peak RSS {peaks[sizes[-1]]:.2f} GB at {sizes[-1]:,} / {peaks[sizes[0]]:.2f} GB at "
-          f"{sizes[0]:,} = {peaks[sizes[-1]] / peaks[sizes[0]]:.2f}x")
+        for variant, flags in variants.items():
+            cmd = [sys.executable, os.path.abspath(__file__), "--run", str(n), "--bytes", str(args.bytes),
+                   "--workers", str(args.workers), *flags]
+            res, mon, wall = run_monitored(cmd, cwd=HERE)
+            if res.returncode:
+                raise SystemExit(f"run failed: {res.stdout[-2000:]}")
+            procs = sorted(mon.procs.values(), key=lambda p: p["pid"])
+            workers = [p["peak_rss"] / 2**30 for p in procs if is_beam_worker(p["cmd"])]
+            peaks[variant][n] = max(workers)
+            print(f"| {n:,} | {variant} | {wall:.1f} | {mon.procs[min(mon.procs)]['peak_rss'] / 2**30:.2f} GB | "
+                  f"{', '.join(f'{w:.2f}' for w in workers)} GB |", flush=True)
+    for variant, peak in peaks.items():
+        print(f"{variant}: largest worker peak RSS {peak[sizes[-1]]:.2f} GB at {sizes[-1]:,} / "
+              f"{peak[sizes[0]]:.2f} GB at {sizes[0]:,} = {peak[sizes[-1]] / peak[sizes[0]]:.2f}x")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 
