@@ -123,8 +123,10 @@ def shuffles(samples: list, dim: int) -> list[Shuffled]:
     """Every GroupByKey of laion_filter's default graph, and the fraction selection's, with the
     measured size of their elements (module docstring)."""
     rng = np.random.default_rng(0)
-    fat = [dataclasses.replace(s, image_embedding=rng.standard_normal(dim).astype(np.float32),
-                               text_embedding=rng.standard_normal(dim).astype(np.float32)) for s in samples]
+    # float16 values in float32 arrays, as the scorer and stored scores give them (scoring.scored_samples)
+    fat = [dataclasses.replace(s, image_embedding=rng.standard_normal(dim).astype(np.float16).astype(np.float32),
+                               text_embedding=rng.standard_normal(dim).astype(np.float16).astype(np.float32))
+           for s in samples]
     # positions as a 5B-sample corpus has them: input shard up to 500,000, member up to 10,000
     far = [(123_456 + i, 9_876 - i) for i in range(len(samples))]
     # laion_filter drops the text embedding right after scoring (DropTextEmbeddings): later steps carry
