@@ -199,3 +199,31 @@ def test_ingest_reduced_decode_off_is_img2dataset_byte_for_byte():
                     encode_format=s.encode_format, min_image_size=s.min_image_size,
                     max_aspect_ratio=s.max_aspect_ratio or float("inf"))
     assert make_resizer(s)(io.BytesIO(WEB)) == plain(io.BytesIO(WEB))
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "keep_ratio_largest", "center_crop", "border"])
+def test_ingest_reduced_decode_gives_img2dataset_sizes_on_odd_sized_photos(mode, monkeypatch):
+    """A real photo (scikit-image's chelsea) at sizes that do not divide by the DCT scale: the reduced
+    decode runs (its OpenCV flag is seen) and lands on the Resizer's own output size."""
+    import cv2
+    from img2dataset.resizer import Resizer
+    from skimage import data as skdata
+
+    from curate.ingest.resize import ReducedDecodeResizer
+
+    flags = []
+    imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda buf, flag: flags.append(flag) or imdecode(buf, flag))
+    photo = Image.fromarray(skdata.chelsea())
+    r = Resizer(256, mode, False)
+    for size in ((1250, 533), (1537, 1023), (777, 2333), (2049, 1031)):
+        data = _jpeg(photo.resize(size, Image.BICUBIC))
+        flags.clear()
+        full = r(io.BytesIO(data))
+        fast = ReducedDecodeResizer(r)(io.BytesIO(data))
+        reduced = {f | cv2.IMREAD_IGNORE_ORIENTATION for f in
+                   (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_COLOR_8)}
+        assert any(f in reduced for f in flags), size  # the reduced path ran
+        assert fast[1:] == full[1:], size  # width, height, original sizes, no error
+        a, b = (Image.open(io.BytesIO(x[0])).convert("RGB") for x in (full, fast))
+        assert _psnr(a, b) > 30, size

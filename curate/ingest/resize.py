@@ -76,31 +76,41 @@ class ReducedDecodeResizer:
         img_stream.seek(0)
         if scale == 1:
             return self._r(img_stream, blurring_bbox_list)
-        cv2.setNumThreads(1)
-        img = cv2.imdecode(np.frombuffer(img_stream.read(), np.uint8), _REDUCED_FLAGS[scale] | _FLAGS)
-        if img is None:  # let the Resizer find and name the problem
+        try:
+            cv2.setNumThreads(1)
+            img = cv2.imdecode(np.frombuffer(img_stream.read(), np.uint8), _REDUCED_FLAGS[scale] | _FLAGS)
+            if img is None:  # let the Resizer find and name the problem
+                raise ValueError("reduced decode failed")
+            img = resize_like_img2dataset(img, self._r, width, height)
+            data = cv2.imencode(f".{self._r.encode_format}", img, params=self._r.encode_params)[1].tobytes()
+        except Exception:  # noqa: BLE001 - the full-decode Resizer handles (and names) whatever went wrong
             img_stream.seek(0)
             return self._r(img_stream, blurring_bbox_list)
-        img = resize_like_img2dataset(img, self._r)
-        data = cv2.imencode(f".{self._r.encode_format}", img, params=self._r.encode_params)[1].tobytes()
         return data, img.shape[1], img.shape[0], width, height, None
 
 
-def resize_like_img2dataset(img: np.ndarray, r) -> np.ndarray:
+def fitted_size(width: int, height: int, image_size: int, resize_mode: ResizeMode) -> tuple[int, int]:
+    """(width, height) after img2dataset's resize of a ``width`` x ``height`` image, before any crop or
+    border: albumentations 1.4's SmallestMaxSize / LongestMaxSize (scale = image_size over the fitted
+    side, each side rounded). Computed from the full size, so a reduced decode lands on it exactly."""
+    fitted = min(width, height) if resize_mode in _FIT_SHORT else max(width, height)
+    scale = image_size / fitted
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_like_img2dataset(img: np.ndarray, r, width: int, height: int) -> np.ndarray:
     """img2dataset 1.47 Resizer's resize step for keep_ratio, center_crop, border and
     keep_ratio_largest (its code: SmallestMaxSize / LongestMaxSize, then CenterCrop or PadIfNeeded
-    with white), on an already decoded BGR image at least ``r.image_size`` on the fitted side."""
-    height, width = img.shape[:2]
+    with white), on a BGR image decoded at reduced size from a ``width`` x ``height`` one: to the
+    size (``fitted_size``) and with the interpolation the Resizer gives the full image."""
+    fitted = min(width, height) if r.resize_mode in _FIT_SHORT else max(width, height)
+    interpolation = r.downscale_interpolation if fitted > r.image_size else r.upscale_interpolation
+    out_w, out_h = fitted_size(width, height, r.image_size, r.resize_mode)
+    img = A.Resize(height=out_h, width=out_w, interpolation=interpolation, p=1.0)(image=img)["image"]
     if r.resize_mode in _FIT_SHORT:
-        downscale = min(width, height) > r.image_size
-        interpolation = r.downscale_interpolation if downscale else r.upscale_interpolation
-        img = A.SmallestMaxSize(max_size=r.image_size, interpolation=interpolation, p=1.0)(image=img)["image"]
         if r.resize_mode == ResizeMode.center_crop:
             img = A.CenterCrop(height=r.image_size, width=r.image_size)(image=img)["image"]
         return img
-    downscale = max(width, height) > r.image_size
-    interpolation = r.downscale_interpolation if downscale else r.upscale_interpolation
-    img = A.LongestMaxSize(max_size=r.image_size, interpolation=interpolation, p=1.0)(image=img)["image"]
     if r.resize_mode == ResizeMode.border:
         img = A.PadIfNeeded(min_height=r.image_size, min_width=r.image_size, border_mode=cv2.BORDER_CONSTANT,
                             value=[255, 255, 255], p=1.0)(image=img)["image"]
@@ -109,5 +119,5 @@ def resize_like_img2dataset(img: np.ndarray, r) -> np.ndarray:
 
 def full_and_reduced(data: bytes, resizer) -> tuple[bytes, bytes]:
     """The Resizer's output for ``data`` with a full decode and with this module's reduced decode
-    (tests and benchmarks/decode_speed.py compare them)."""
+    (the tests compare them)."""
     return resizer(io.BytesIO(data))[0], ReducedDecodeResizer(resizer)(io.BytesIO(data))[0]
