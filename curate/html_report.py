@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import fs
+from curate import fs, records
 
 log = logging.getLogger("curate")
 
@@ -48,8 +48,7 @@ LANGUAGES_SHOWN, LANGUAGE_ROWS, GROUPS_SHOWN, GROUP_MEMBERS = 8, 20, 8, 5
 THUMB_PX = 112
 MAX_PREVIEW_PIXELS = 50_000_000  # a larger image is not decoded for a thumbnail
 BATCH_ROWS = 65_536
-STAGE_ORDER = ("ingest", "read", "decode", "basic_filter", "balance", "clip_score", "decontaminate",
-               "unique_keys", "exact_dedup", "near_dedup", "semdedup", "write", "export")  # records.py's, ingest and export around
+STAGE_ORDER = ("ingest", *records.STAGES, "export")  # ingest's and the exports' rows around the pipeline's
 COLUMNS = ("key", "source_shard", "source_index", "kept", "reason", "stage", "detail", "width", "height",
            "language", "clip_score", "clip_threshold", "dup_group", "kept_instead", "dup_similarity",
            "dup_hash_distance")

@@ -8,10 +8,10 @@ import pyarrow as pa
 
 # Stages, in pipeline order; a decision row names the stage that made it. PROBE: learned filters on
 # the stored embeddings (pipelines/probes.py), between balancing and CLIP-score selection.
-PROBE = "probe"
-READ, DECODE, BASIC_FILTER, BALANCE, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP, NEAR_DEDUP, SEMDEDUP, WRITE = (
-    "read", "decode", "basic_filter", "balance", "clip_score", "decontaminate", "unique_keys", "exact_dedup",
-    "near_dedup", "semdedup", "write")
+STAGES = (READ, DECODE, BASIC_FILTER, BALANCE, PROBE, CLIP_SCORE, DECONTAMINATE, UNIQUE_KEYS, EXACT_DEDUP,
+          NEAR_DEDUP, SEMDEDUP, WRITE) = (
+    "read", "decode", "basic_filter", "balance", "probe", "clip_score", "decontaminate", "unique_keys",
+    "exact_dedup", "near_dedup", "semdedup", "write")
 
 
 # Scores and similarities are kept to 4 decimals, which makes them short to store and a small grid
