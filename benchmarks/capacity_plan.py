@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import element_sizes  # noqa: E402  (benchmarks/element_sizes.py)
 import pyarrow.parquet as pq  # noqa: E402
 
+from curate import records  # noqa: E402
+
 # Measured 2026-11-27 on one NVIDIA H200 (16 CPU cores) by `python benchmarks/gpu_score.py --samples
 # 100000 --workers 15 --batch 512`, ViT-B-32 fp16, README "Scoring throughput": raw fp16 forward of
 # image + text at batch 512 (tensors prepared beforehand: the GPU's ceiling) ...
@@ -50,7 +52,7 @@ READ_STAGES = ("read", "decode")                       # every input sample
 SCORE_STAGES = ("clip_preprocess", "clip_encode")      # every decodable sample
 GPU_STAGES = ("clip_encode",)                          # on Dataflow: the GPU, not the CPU workers
 PIXEL_STAGES = ("read", "decode", "clip_preprocess", "write")  # their cost scales with image pixels
-PRE_DEDUP_STAGES = ("read", "decode", "basic_filter", "clip_score", "decontaminate")
+PRE_DEDUP_STAGES = records.STAGES[:records.STAGES.index(records.UNIQUE_KEYS)]  # rows dropped before dedup
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from curate import records
+
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 # Rows of these stages never reached dedup: neither they nor their copies say anything about it.
-BEFORE_DEDUP = ("read", "decode", "basic_filter", "balance", "clip_score", "decontaminate")
+BEFORE_DEDUP = records.STAGES[:records.STAGES.index(records.UNIQUE_KEYS)]
 
 
 @dataclass(frozen=True)
