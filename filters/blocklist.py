@@ -541,8 +541,9 @@ class Blocklists:
     def check(self, *, url: str | None = None, image: bytes | None = None,
               digests: Mapping[str, str | None] | None = None, phash: str | None = None,
               caption: str | None = None, language: str | None = None) -> Match | None:
-        """Every check whose input is given, in pipeline order (URL, bytes, digests, phash,
-        caption): e.g. a selection over stored metadata (url, sha256, phash, caption, language)."""
+        """Every check whose input is given, in pipeline order (URL, bytes, digests, caption, phash:
+        filters.sample.decode_sample's): e.g. a selection over stored metadata (url, sha256, phash,
+        caption, language)."""
         return (self.check_url(url) or self.check_image(image) or self.check_digests(digests or {})
-                or self.check_phash(phash) or self.check_caption(caption, language))
+                or self.check_caption(caption, language) or self.check_phash(phash))
 

@@ -66,8 +66,8 @@ def check_lists(sample: Sample, lists: blocklist.Blocklists) -> Verdict | None:
     """The block and opt-out lists on a decoded sample's metadata (stored scores: url, sha256, phash,
     caption, language), in decode_sample's order; the row's stage is where the list's kind is first
     possible (``LIST_STAGES``), as if applied there. md5 and sha1 lists need the bytes: not here."""
-    found = (lists.check_url(sample.url) or lists.check_digests({"sha256": sample.sha256})
-             or lists.check_caption(sample.caption, sample.language) or lists.check_phash(sample.phash))
+    found = lists.check(url=sample.url, digests={"sha256": sample.sha256}, caption=sample.caption,
+                        language=sample.language, phash=sample.phash)
     return _listed(sample, found) if found else None
 
 
