@@ -15,6 +15,7 @@ benchmarks/scale_memory.py does for laion_filter: growth on Beam as it is is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -30,19 +31,20 @@ def pipeline(n: int, size: int, workers: int, chunked: bool) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if chunked:
+    malloc = contextlib.nullcontext()
+    if chunked:  # what python -m curate.run does around its runs
         sys.path.insert(0, os.path.dirname(HERE))
         from curate import local_runner
 
         local_runner.stream_to_workers()
-        os.environ.update({k: v for k, v in local_runner.WORKER_MALLOC.items() if k not in os.environ})
+        malloc = local_runner.worker_malloc()
 
     def shard(index):
         for i in range(SHARD):
             yield index * SHARD + i, os.urandom(size)
 
     options = PipelineOptions(["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"])
-    with beam.Pipeline(runner="FnApiRunner", options=options) as p:
+    with malloc, beam.Pipeline(runner="FnApiRunner", options=options) as p:
         (p | "Shards" >> beam.Create(list(range(n // SHARD)))
            | "Spread" >> beam.Reshuffle()
            | "Samples" >> beam.FlatMap(shard)
