@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import glob as local_glob
+import hashlib
 import os
 import shutil
 import uuid
@@ -131,6 +132,15 @@ def size(path: str) -> int:
 def read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def sha256(path: str) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (a large file is never held whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_name(path: str) -> str:

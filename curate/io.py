@@ -11,6 +11,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
@@ -57,6 +58,14 @@ def atomic_path(path: str):
 def dumps_json(obj) -> bytes:
     """Stable JSON bytes (sorted keys, UTF-8) so outputs are byte-identical across runs."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def npy_shape(path: str) -> tuple[int, ...]:
+    """The array shape in a .npy file's header, without reading the array."""
+    with fs.open(path, "rb") as f:
+        major, _minor = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return header(f)[0]
 
 
 def write_bytes(path: str, data: bytes) -> None:

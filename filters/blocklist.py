@@ -394,15 +394,6 @@ def _build_array(spec: ListSpec, text: str) -> np.ndarray:
     return np.unique(np.frombuffer(bytes(digests), dtype=f"S{_URL_DIGEST_BYTES}"))
 
 
-def _file_sha256(path: str) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks (a cached list is never held whole)."""
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_text(path: str) -> str:
     try:
         return fs.read_bytes(path).decode("utf-8-sig")  # a byte-order mark is no part of the first entry
@@ -456,7 +447,7 @@ def load_list(spec: ListSpec, cache: str | None = None) -> LoadedList:
         raise ValueError(f"{spec.path}: {spec.kind} list not found") from None
     with _LOCK:
         if key not in _LOADED:
-            sha256 = _file_sha256(spec.path)
+            sha256 = fs.sha256(spec.path)
             if spec.kind == TERM:
                 _LOADED[key] = TermList(spec, sha256, read_entries(_read_text(spec.path)))
             elif spec.kind == PHASH:

@@ -23,6 +23,7 @@ import re
 import numpy as np
 
 from curate import fs
+from curate.io import npy_shape
 from curate.records import stable
 
 CONTAMINATED = "contaminated"
@@ -40,14 +41,6 @@ def _part(path: str) -> int:
 
 def _is_npy_file(path: str) -> bool:
     return path.endswith(".npy") and fs.isfile(path)
-
-
-def _npy_shape(path: str) -> tuple[int, ...]:
-    """The array shape in a .npy file's header, without reading the array."""
-    with fs.open(path, "rb") as f:
-        major, _minor = np.lib.format.read_magic(f)
-        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        return header(f)[0]
 
 
 def _load_npy(path: str) -> np.ndarray:
@@ -73,7 +66,7 @@ def check_eval_set(path: str) -> None:
     ``load_eval_set`` can read: the same checks, without loading embeddings or the scorer, so that a
     run can refuse it before touching its output folder."""
     if _is_npy_file(path):
-        shape = _npy_shape(path)
+        shape = npy_shape(path)
         if len(shape) != 2:
             raise EvalSetError(f"eval set {path!r}: expected a 2-d array of embeddings, got shape {shape}")
         return

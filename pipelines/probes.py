@@ -12,7 +12,6 @@ score: a learned filter is one more per-sample rule on stored embeddings.
 from __future__ import annotations
 
 import dataclasses
-import io
 from types import SimpleNamespace
 
 import apache_beam as beam
@@ -20,6 +19,7 @@ import numpy as np
 
 from curate import fs, probe
 from curate.config import ConfigError
+from curate.io import npy_shape
 from curate.outputs import DECISIONS, MAIN, split
 from curate.records import PROBE, Sample, decision, stable
 
@@ -41,11 +41,7 @@ def _stored_dims(run_dir: str) -> dict[str, int]:
     for what, sub in (("image", "img_emb"), ("text", "text_emb")):
         names = sorted(fs.glob(fs.join(run_dir, "embeddings", sub, f"{sub}_*.npy")))
         if names:
-            with fs.open(names[0], "rb") as f:
-                header = io.BytesIO(f.read(256))
-            major, _minor = np.lib.format.read_magic(header)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            dims[what] = int(read(header)[0][1])
+            dims[what] = int(npy_shape(names[0])[1])
     return dims
 
 
@@ -156,12 +152,6 @@ def report_section(cfg: dict) -> dict:
                 scored[name] = scored.get(name, 0) + 1
             if reason and reason.startswith(probe.REASON_PREFIX):
                 dropped[reason[len(probe.REASON_PREFIX):]] = dropped.get(reason[len(probe.REASON_PREFIX):], 0) + 1
-    return {"probes": [{"name": h.name, "path": h.source, "sha256": _sha256(h.source), "kind": h.kind,
+    return {"probes": [{"name": h.name, "path": h.source, "sha256": fs.sha256(h.source), "kind": h.kind,
                         "target": h.target, "dims": h.dims, "threshold": h.threshold, "keep": h.keep,
                         "scored": scored[h.name], "dropped": dropped[h.name]} for h in heads]}
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(fs.read_bytes(path)).hexdigest()
