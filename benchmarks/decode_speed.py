@@ -43,6 +43,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from curate.filters import phash  # noqa: E402
 from web_images import web_corpus, web_jpegs  # noqa: E402
 
 from curate import synth  # noqa: E402
@@ -80,10 +81,6 @@ def decisions(out: str) -> dict:
     return rows
 
 
-def hamming(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def agreement(exact: dict, fast: dict, threshold: float) -> list[str]:
     """The lines of part 2 for one corpus."""
     both = [k for k in exact if exact[k]["clip_score"] is not None and fast.get(k, {}).get("clip_score") is not None]
@@ -91,7 +88,7 @@ def agreement(exact: dict, fast: dict, threshold: float) -> list[str]:
     side = sum((exact[k]["clip_score"] >= threshold) != (fast[k]["clip_score"] >= threshold) for k in both)
     changed = [k for k in exact if (exact[k]["kept"], exact[k]["reason"]) != (fast[k]["kept"], fast[k]["reason"])]
     hashed = [k for k in exact if exact[k]["phash"] and fast[k]["phash"]]
-    bits = np.array([hamming(exact[k]["phash"], fast[k]["phash"]) for k in hashed])
+    bits = np.array([phash.distance(exact[k]["phash"], fast[k]["phash"]) for k in hashed])
     sizes = sum((exact[k]["width"], exact[k]["height"]) == (fast[k]["width"], fast[k]["height"]) for k in exact)
     how = ", ".join(f"{exact[k]['reason'] or 'kept'} -> {fast[k]['reason'] or 'kept'}" for k in changed[:6])
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731

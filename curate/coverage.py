@@ -23,7 +23,7 @@ from collections import Counter
 
 from curate import fs
 from curate.filters.balance import head_to_tail_ratio
-from curate.filters.metadata import Metadata
+from curate.filters.metadata import Metadata, language_tag
 from curate.io import read_parquet
 from curate.records import BALANCE, BASIC_FILTER, DECODE, READ
 
@@ -58,7 +58,7 @@ def count_entries(decisions_dir: str, metadata: Metadata, balanced: bool) -> tup
                 continue
             listed = metadata.list_language(language)
             if listed is None:
-                unlisted[(language or "").strip().lower().replace("_", "-") or "unknown"] += 1
+                unlisted[language_tag(language or "") or "unknown"] += 1
                 continue
             points = _points(stage, kept, balanced)
             by_point = entries.setdefault(listed, {p: Counter() for p in POINTS})

@@ -86,12 +86,18 @@ def normalise(text: str) -> str:
     return " ".join(folded.split())
 
 
+def language_tag(language: str) -> str:
+    """A language tag as metadata file stems spell it: lower case, '-' between subtags (``pt_BR`` ->
+    ``pt-br``)."""
+    return language.strip().lower().replace("_", "-")
+
+
 def language_file(language: str | None, languages: Sequence[str] | frozenset[str]) -> str | None:
     """The metadata language that serves ``language``: its full tag, else its primary subtag, among
     ``languages`` (file stems, lower case); None when neither has a file."""
     if not language:
         return None
-    tag = language.strip().lower().replace("_", "-")
+    tag = language_tag(language)
     for candidate in (tag, tag.split("-")[0]):
         if candidate in languages:
             return candidate
@@ -120,7 +126,7 @@ class Metadata:
         self._entries: dict[str, tuple[str, ...]] = {}
         self._automata: dict[str, ahocorasick.Automaton] = {}
         for language, listed in sorted(entries.items()):
-            code = language.strip().lower().replace("_", "-")
+            code = language_tag(language)
             automaton, kept = ahocorasick.Automaton(), []
             for entry in listed:
                 key = normalise(entry)

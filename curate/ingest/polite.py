@@ -233,7 +233,7 @@ class Session:
         is answered at once with the list's reason and 0 attempts, and never queued, so its host sees
         no request for it (nor a robots.txt request, when every URL of the host is listed); a body
         whose digest a hash list names ends as that list's reason, as if it had not been downloaded."""
-        lists = getattr(self.settings, "lists", None)
+        lists = self.settings.lists
         if not lists:
             yield from _ShardRun(self, urls, threads).results()
             return
