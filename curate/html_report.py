@@ -53,6 +53,7 @@ COLUMNS = ("key", "source_shard", "source_index", "kept", "reason", "stage", "de
            "language", "clip_score", "clip_threshold", "dup_group", "kept_instead", "dup_similarity",
            "dup_hash_distance")
 NO_LANGUAGE = "(none)"
+ENTRIES_SHOWN = 200  # metadata entries listed per language in the coverage section
 
 
 class ReportError(Exception):
@@ -554,7 +555,8 @@ def _languages(report: dict, d: Digest) -> str:
 
 def _coverage(coverage: dict) -> str:
     """report.json's coverage audit (curate/coverage.py): a row per language, and each language's
-    entries with their counts (input -> kept) behind a fold, lost ones first."""
+    entries with their counts (input -> kept) behind a fold, lost ones first, then the most named, at
+    most ENTRIES_SHOWN a language (MetaCLIP's lists hold 500k entries; report.json has them all)."""
     balanced = coverage["balanced"]
     first, last = ("before_balancing", "after_balancing") if balanced else ("input", "kept")
     rows, folds = [], []
@@ -566,8 +568,10 @@ def _coverage(coverage: dict) -> str:
                     f"<td>{_e(ratio)}</td><td>{_e(c.get('cap', ''))}</td><td>{_e(lost)}</td></tr>")
         named = sorted(((e, n) for e, n in c["entries"].items() if n["input"]),
                        key=lambda en: (en[1]["kept"] > 0, -en[1]["input"], en[0]))
+        more = f" (+{len(named) - ENTRIES_SHOWN:,} more in report.json)" if len(named) > ENTRIES_SHOWN else ""
         folds.append(f"<details><summary>{_e(lang)}: {len(named)} entries named</summary><p class=\"sub\">"
-                     + ", ".join(f"{_e(e)} {n['input']:,} → {n['kept']:,}" for e, n in named) + "</p></details>")
+                     + ", ".join(f"{_e(e)} {n['input']:,} → {n['kept']:,}" for e, n in named[:ENTRIES_SHOWN])
+                     + more + "</p></details>")
     unlisted = ", ".join(f"{_e(k)} {v:,}" for k, v in coverage["unlisted"].items())
     note = f'<p class="warn">{_e(coverage["caps_note"])}</p>' if coverage.get("caps_note") else ""
     return (f'<p class="sub">metadata entries the captions name, per language ({_e(coverage["metadata"])}); '

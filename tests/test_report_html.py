@@ -221,3 +221,17 @@ def test_progress_bars_only_on_a_terminal():
         assert progress.active() and progress.advance("score", 64) and progress.advance("score", 64, status="x")
     assert not progress.active()
     assert "score" in term.getvalue() and "128" in term.getvalue() and "samples/s" in term.getvalue()
+
+
+def test_coverage_lists_at_most_entries_shown_per_language_lost_ones_first():
+    """A MetaCLIP-sized list: the page names the lost entries and the most named, and points to
+    report.json for the rest."""
+    entries = {f"e{i}": {"input": 1000 - i % 900, "kept": 0 if i == 950 else 1} for i in range(1000)}
+    coverage = {"balanced": False, "metadata": "m", "unlisted": {}, "languages": {"en": {
+        "head_to_tail": {"input": 2.0, "kept": 2.0}, "lost": ["e950"], "samples": {"input": 5, "kept": 4},
+        "entries_present": {"input": 1000, "kept": 999}, "entries": entries}}}
+    page = html_report._coverage(coverage)
+    shown = page.split("entries named</summary>")[1]
+    assert shown.startswith('<p class="sub">e950 ')  # the lost entry first
+    assert shown.count("→") == html_report.ENTRIES_SHOWN and "(+800 more in report.json)" in shown
+    assert "e0 1,000 → 1" in shown and "e899 " not in shown  # most named kept; the least named left out
