@@ -9,34 +9,26 @@ path is torchvision's libjpeg-turbo decode plus the device-side resize (curate/g
 CUDA, nvJPEG plus the same resize on the GPU. Corpora: the built-in sample corpus (``curate.synth``,
 256-px scenes, seed 5) and web-sized photos (benchmarks/web_images.py: 1024x768 JPEGs cut from the
 photographs in scikit-image's and scikit-learn's wheels). Prints per corpus: samples scored by both,
-|score difference| max, p50, p99, how many scores lie on the other side of the default
-``select.clip_threshold`` (read from pipelines/specs.py) and the decode-stage decisions (kept /
-drop reason) that differ. Small sizes by default: a few minutes on 2 CPU cores.
+|score difference| percentiles and identical scores, how many scores lie on the other side of the
+default ``select.clip_threshold`` (read from pipelines/specs.py), the decisions (kept / drop reason)
+that differ, perceptual-hash bits that differ and recorded sizes (benchmarks/agreement.py). Small sizes by default: a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import platform
 import sys
 import time
 
-import numpy as np
-import pyarrow.parquet as pq
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from agreement import agreement, decisions  # noqa: E402
 from curate.pipelines.specs import PIPELINES  # noqa: E402
 
 from curate import run, synth  # noqa: E402
-
-
-def decisions(out: str) -> dict[str, dict]:
-    """key -> decision row of a score run (clip_score set where scored)."""
-    return {r["key"]: r for f in sorted(glob.glob(f"{out}/decisions/*.parquet")) for r in pq.read_table(f).to_pylist()}
 
 
 def score(corpus: str, out: str, decode: str, args) -> dict[str, dict]:
@@ -45,22 +37,6 @@ def score(corpus: str, out: str, decode: str, args) -> dict[str, dict]:
              "--set", f"scorer.model={args.model}", "--set", f"scorer.pretrained={args.pretrained}",
              "--set", f"scorer.batch_size={args.batch}"])
     return decisions(out)
-
-
-def agreement(cpu: dict[str, dict], gpu: dict[str, dict], threshold: float) -> list[str]:
-    """The lines printed per corpus: score differences, threshold flips, differing drop decisions."""
-    both = [k for k in cpu if cpu[k].get("clip_score") is not None and gpu.get(k, {}).get("clip_score") is not None]
-    diff = np.array([abs(cpu[k]["clip_score"] - gpu[k]["clip_score"]) for k in both])
-    flips = sum((cpu[k]["clip_score"] >= threshold) != (gpu[k]["clip_score"] >= threshold) for k in both)
-    dropped = sum((cpu[k]["kept"], cpu[k]["reason"]) != (gpu.get(k, {}).get("kept"), gpu.get(k, {}).get("reason"))
-                  for k in cpu)
-    lines = [f"  samples: {len(cpu)}; scored by both: {len(both)}; identical scores: {int((diff == 0).sum())}"]
-    if len(diff):
-        lines.append(f"  |score difference|: max {diff.max():.4f}, p50 {np.percentile(diff, 50):.4f}, "
-                     f"p99 {np.percentile(diff, 99):.4f}, mean {diff.mean():.5f}")
-    lines.append(f"  scores on the other side of select.clip_threshold {threshold}: {flips} of {len(both)}")
-    lines.append(f"  decode decisions (kept / reason) that differ: {dropped}")
-    return lines
 
 
 def main(argv=None) -> int:

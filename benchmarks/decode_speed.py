@@ -35,7 +35,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -43,7 +42,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from curate.filters import phash  # noqa: E402
+from agreement import agreement, decisions  # noqa: E402
 from web_images import web_corpus, web_jpegs  # noqa: E402
 
 from curate import synth  # noqa: E402
@@ -70,37 +69,6 @@ def laion_filter(corpus: str, out: str, mode: str, workers: int) -> dict:
     return {"process": time.time() - t0, "pipeline": report["time"]["wall_seconds"],
             "decode_cpu": report["time"].get("stage_cpu_seconds", {}).get("decode", float("nan")),
             "threshold": report["config"]["select.clip_threshold"]}
-
-
-def decisions(out: str) -> dict:
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(out, "decisions", "*.parquet"))):
-        t = pq.read_table(path, columns=["key", "kept", "reason", "clip_score", "phash", "width", "height"])
-        for r in t.to_pylist():
-            rows[r["key"]] = r
-    return rows
-
-
-def agreement(exact: dict, fast: dict, threshold: float) -> list[str]:
-    """The lines of part 2 for one corpus."""
-    both = [k for k in exact if exact[k]["clip_score"] is not None and fast.get(k, {}).get("clip_score") is not None]
-    diff = np.array([abs(exact[k]["clip_score"] - fast[k]["clip_score"]) for k in both])
-    side = sum((exact[k]["clip_score"] >= threshold) != (fast[k]["clip_score"] >= threshold) for k in both)
-    changed = [k for k in exact if (exact[k]["kept"], exact[k]["reason"]) != (fast[k]["kept"], fast[k]["reason"])]
-    hashed = [k for k in exact if exact[k]["phash"] and fast[k]["phash"]]
-    bits = np.array([phash.distance(exact[k]["phash"], fast[k]["phash"]) for k in hashed])
-    sizes = sum((exact[k]["width"], exact[k]["height"]) == (fast[k]["width"], fast[k]["height"]) for k in exact)
-    how = ", ".join(f"{exact[k]['reason'] or 'kept'} -> {fast[k]['reason'] or 'kept'}" for k in changed[:6])
-    pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
-    return [
-        f"scored in both: {len(both)}; |score difference| p50 {pct(diff, 50):.4f}, p90 {pct(diff, 90):.4f}, "
-        f"p99 {pct(diff, 99):.4f}, max {diff.max() if len(diff) else float('nan'):.4f}",
-        f"on the other side of clip_threshold {threshold}: {side} of {len(both)}",
-        f"final decisions that differ (kept/reason): {len(changed)} of {len(exact)}" + (f" ({how})" if how else ""),
-        f"perceptual-hash bits that differ (of 64): p50 {pct(bits, 50):.0f}, p90 {pct(bits, 90):.0f}, "
-        f"max {bits.max() if len(bits) else 0}; hashes identical: {int((bits == 0).sum())} of {len(bits)}",
-        f"same width and height in both: {sizes} of {len(exact)}",
-    ]
 
 
 def end_to_end(name: str, corpus: str, args) -> tuple[list[str], dict]:
