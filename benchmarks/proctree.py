@@ -105,6 +105,7 @@ def run_monitored(cmd: list[str], interval: float = 0.2, **popen_kwargs) -> tupl
 
 
 def is_beam_worker(cmd: str) -> bool:
-    """Beam's local multi-process workers run apache_beam.runners.worker.sdk_worker_main (Beam starts
-    each through ``/bin/sh -c``; the shell itself is not the worker)."""
-    return "sdk_worker_main" in cmd and not cmd.split()[0].endswith("sh")
+    """Beam's local multi-process workers run apache_beam.runners.worker.sdk_worker_main, or
+    curate.local_worker under curate.run (Beam starts each through ``/bin/sh -c``; the shell itself
+    is not the worker)."""
+    return ("sdk_worker_main" in cmd or "curate.local_worker" in cmd) and not cmd.split()[0].endswith("sh")

@@ -6,8 +6,9 @@ What it runs: the shape of laion_filter on stored scores without any of its work
 "input shard" of 2,000 samples is spread over the workers, each shard becomes 2,000 elements of
 ``--bytes`` random bytes (about what one stored-scores Sample with 64-d embeddings pickles to:
 benchmarks/element_sizes.py), they are grouped by a key of 1,000 values and counted. Each size runs
-twice: on Beam as it is, and with what ``python -m curate.run`` adds (curate.local_runner: input
-handed to workers in messages of about 10 MB, and its malloc settings for the worker processes).
+twice: on Beam as it is, and with what ``python -m curate.run`` adds (curate.local_runner.prepared:
+input handed to workers in messages of about 10 MB, workers that release finished bundles' output
+buffers (curate.local_worker), and malloc settings for the worker processes).
 It prints the peak RSS of every process (the runner and its workers), as
 benchmarks/scale_memory.py does for laion_filter: growth on Beam as it is is the runner's own
 (FnApiRunner sends a worker its whole share of a stage's input as one gRPC message), not curate's.
@@ -31,20 +32,19 @@ def pipeline(n: int, size: int, workers: int, chunked: bool) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    malloc = contextlib.nullcontext()
+    curate_runner = contextlib.nullcontext()
     if chunked:  # what python -m curate.run does around its runs
         sys.path.insert(0, os.path.dirname(HERE))
         from curate import local_runner
 
-        local_runner.stream_to_workers()
-        malloc = local_runner.worker_malloc()
+        curate_runner = local_runner.prepared()
 
     def shard(index):
         for i in range(SHARD):
             yield index * SHARD + i, os.urandom(size)
 
     options = PipelineOptions(["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"])
-    with malloc, beam.Pipeline(runner="FnApiRunner", options=options) as p:
+    with curate_runner, beam.Pipeline(runner="FnApiRunner", options=options) as p:
         (p | "Shards" >> beam.Create(list(range(n // SHARD)))
            | "Spread" >> beam.Reshuffle()
            | "Samples" >> beam.FlatMap(shard)

@@ -17,8 +17,8 @@ sha256 and perceptual hash. No model runs. Then, per selection mode (threshold, 
 (the CLI hands the last two flags to Beam; ``filters.min_image_size=16`` lets the 16 px images
 through the basic filter, whose other rules they pass) and polls /proc every 0.2 s for every
 process of the run: the CLI process (which also runs Beam's local runner) and its worker processes
-(apache_beam's sdk_worker_main). Each process's peak RSS is the kernel's VmHWM. Prints, per size and
-mode, the peak RSS of every process, and per mode the ratio of the largest worker's peak RSS at the
+(curate.local_worker, Beam's SDK worker). Each process's peak RSS is the kernel's VmHWM. Prints,
+per size and mode, the peak RSS of every process, and per mode the ratio of the largest worker's peak RSS at the
 biggest size to that at the smallest. Target (issue 15): at most 1.2.
 """
 from __future__ import annotations

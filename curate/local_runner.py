@@ -1,4 +1,4 @@
-"""Beam's local runner (FnApiRunner), made to hand data to its workers in bounded messages.
+"""Beam's local runner (FnApiRunner), made to keep its workers' memory flat as the corpus grows.
 
 Beam 2.77's FnApiRunner encodes a worker's whole share of a GroupByKey's output as ONE bytes
 object (``execution.GroupingBuffer.partition``), and sends a worker its whole input for a stage
@@ -7,28 +7,66 @@ the data plane's own writers do once 10 MB are buffered). A worker then holds ab
 of its share of a stage's input at once (gRPC's receive buffer, the bytes, the parsed message), so
 its memory grows with the corpus whatever the pipeline does (benchmarks/runner_memory.py
 measures it), and a share over 2 GB fails gRPC's message limit. ``stream_to_workers`` cuts each
-grouped share into chunks of whole elements of about ``CHUNK_BYTES`` and flushes after each part,
-so a worker receives messages of about 10 MB, of which its receive queue holds at most five. The
-bytes, their order and each worker's share are unchanged. Nothing in Beam can be set to do this,
-so the two methods are replaced; runners other than the local one never call them.
+grouped share into chunks of whole elements of about ``CHUNK_BYTES`` and sends a message once that
+much is written, so a worker receives messages of 4-8 MB, of which its receive queue holds at most
+five. The bytes, their order and each worker's share are unchanged. Nothing in Beam can be set to
+do this, so the two methods are replaced; runners other than the local one never call them.
+
+``curate_workers`` has the runner start its worker processes as ``python -m curate.local_worker``
+(Beam's worker with its finished bundles' output buffers released), and ``worker_malloc`` gives
+them bounded malloc arenas; ``prepared`` is the three together, what ``python -m curate.run`` does
+around its runs.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 
 log = logging.getLogger("curate")
 
-CHUNK_BYTES = 4 << 20  # a chunk; the data plane flushes a message once it holds over 10 MB
+CHUNK_BYTES = 4 << 20  # a chunk and a message (the data plane's own writers flush at 10 MB)
 
-_PATCHED = "_curate_streams_grouped_data"
+_PATCHED = "_curate_patched"
+
+BEAM_WORKER = "apache_beam.runners.worker.sdk_worker_main"  # FnApiRunner's multi_processing command
+CURATE_WORKER = "curate.local_worker"
 
 # glibc's malloc in local worker processes: 2 arenas, not 8 per core, and blocks of 1 MiB or more
 # always mapped (so returned when freed), not a threshold that rises with the largest block freed.
 # Without them a worker keeps the peak of every stage's temporaries (measured: README "Memory as the
 # corpus grows"). A value the user set is kept.
 WORKER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+@contextlib.contextmanager
+def prepared():
+    """Beam's local runner as curate runs it, for the block's duration: grouped input streamed to the
+    workers, curate's worker processes, their malloc settings."""
+    stream_to_workers()
+    curate_workers()
+    with worker_malloc():
+        yield
+
+
+def curate_workers() -> None:
+    """Start local worker processes as ``python -m curate.local_worker`` where the runner would start
+    Beam's own worker module (FnApiRunner's multi_processing mode); any other command is kept."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    handler = worker_handlers.SubprocessSdkWorkerHandler
+    original = handler.__init__
+    if getattr(original, _PATCHED, False):
+        return
+    beams, curates = (f"{sys.executable} -m {module}".encode() for module in (BEAM_WORKER, CURATE_WORKER))
+
+    def __init__(self, worker_command_line, *args, **kwargs):
+        original(self, curates if worker_command_line == beams else worker_command_line, *args, **kwargs)
+
+    setattr(__init__, _PATCHED, True)
+    __init__.__wrapped__ = original
+    handler.__init__ = __init__
 
 
 @contextlib.contextmanager
@@ -101,10 +139,11 @@ def _partition_in_chunks(buffer, n: int, execution) -> list[list[bytes]]:
 
 
 def _send_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
-    """BundleManager._send_input_to_worker, flushing once over the data plane's 10 MB threshold
-    (each part holds whole elements, so every message does)."""
+    """BundleManager._send_input_to_worker, sending a message once CHUNK_BYTES are written (each
+    part holds whole elements, so every message does)."""
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
     for byte_stream in byte_streams or []:
         data_out.write(byte_stream)
-        data_out.maybe_flush()
+        if data_out.size() >= CHUNK_BYTES:
+            data_out.flush()
     data_out.close()

@@ -504,15 +504,14 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     out = cfg["output"]
     if builtin_input:
         cfg["input"] = sample_corpus(out, cfg)
-    local_runner.stream_to_workers()  # local workers: their input in bounded messages
     t0, cpu0 = time.time(), process_cpu_seconds()
     build_cfg = cfg
     if pipeline_name != "ingest" and reads_table:
-        with _local_worker_log_levels(out, options), local_runner.worker_malloc():  # URL table: OUT/raw first
+        with _local_worker_log_levels(out, options), local_runner.prepared():  # URL table: OUT/raw first
             build_cfg = ingest.ingest_first(cfg, options)
     pipeline = beam.Pipeline(options=options)
     module.build(pipeline, build_cfg)
-    with _local_worker_log_levels(out, options), local_runner.worker_malloc():
+    with _local_worker_log_levels(out, options), local_runner.prepared():
         result = pipeline.run()
         result.wait_until_finish()
         if getattr(result, "client", None) is not None:  # Beam's DaskRunner leaves its client open

@@ -1,6 +1,8 @@
 """curate.local_runner: the local runner hands grouped data to workers in chunks of whole elements,
-with the same bytes, in the same order, to the same workers as Beam's own partition."""
+with the same bytes, in the same order, to the same workers as Beam's own partition; its workers
+run curate.local_worker, which drops each finished bundle's output stream."""
 import os
+import sys
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -67,7 +69,7 @@ def test_a_pipeline_groups_the_same_through_chunks():
         assert_that(counts, equal_to([(k, 30 * 20_000) for k in range(40)]))
 
 
-def test_a_stage_input_goes_to_a_worker_in_messages_of_about_ten_megabytes():
+def test_a_stage_input_goes_to_a_worker_in_messages_of_a_few_megabytes():
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.worker.data_plane import (
         SizeBasedBufferingClosableOutputStream,
@@ -89,7 +91,7 @@ def test_a_stage_input_goes_to_a_worker_in_messages_of_about_ten_megabytes():
     parts = [bytes([i]) * 3_000_000 for i in range(20)]  # 60 MB in parts of whole elements
     fn_runner.BundleManager._send_input_to_worker(Manager(), "bundle", "read", parts)
     assert b"".join(sent) == b"".join(parts)
-    assert len(sent) > 4 and max(map(len, sent)) <= 10 * 2**20 + 3_000_000
+    assert len(sent) > 4 and max(map(len, sent)) <= local_runner.CHUNK_BYTES + 3_000_000
 
 
 def test_local_workers_start_with_the_malloc_settings_and_a_users_value_wins(monkeypatch):
@@ -104,3 +106,79 @@ def test_local_workers_start_with_the_malloc_settings_and_a_users_value_wins(mon
                     | beam.Map(lambda _: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_MMAP_THRESHOLD_"))))
             assert_that(seen, equal_to([("4", str(1 << 20))] * 2))
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_local_workers_run_curates_worker_module_under_prepared():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    def worker_facts(_):
+        """(the module this worker process runs as, whether it drops finished output streams)"""
+        from apache_beam.runners.worker import bundle_processor
+
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        return spec and spec.name, hasattr(bundle_processor.DataOutputOperation.finish, "__wrapped__")
+
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    with local_runner.prepared():
+        with beam.Pipeline(runner="FnApiRunner", options=options) as p:
+            seen = p | beam.Create([0, 1]) | beam.Reshuffle() | beam.Map(worker_facts)
+            assert_that(seen, equal_to([(local_runner.CURATE_WORKER, True)] * 2))
+
+
+def test_only_beams_own_worker_command_becomes_curates(monkeypatch):
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    local_runner.curate_workers()
+    local_runner.curate_workers()  # a second call changes nothing
+    # Beam's handler stores the command after its base class set up the gRPC server: skip the server
+    monkeypatch.setattr(worker_handlers.GrpcWorkerHandler, "__init__", lambda self, *a: None)
+    handler = worker_handlers.SubprocessSdkWorkerHandler
+
+    def started(command: bytes) -> bytes:
+        h = handler.__new__(handler)
+        handler.__init__(h, command, None, None, None)
+        return h._worker_command_line
+
+    beams, curates = (f"{sys.executable} -m {m}".encode() for m in (local_runner.BEAM_WORKER, local_runner.CURATE_WORKER))
+    assert started(beams) == curates
+    assert started(b"my-worker --flag") == b"my-worker --flag"
+    assert started(b"/other/python -m " + local_runner.BEAM_WORKER.encode()).startswith(b"/other/python")
+
+
+def test_a_worker_drops_a_finished_bundles_output_stream():
+    """What keeps a worker's memory from growing: the stream (its buffer grown to ~10 MB) goes with
+    the bundle that sent it, after every byte was sent."""
+    from apache_beam.runners import common
+    from apache_beam.runners.worker import bundle_processor, statesampler
+    from apache_beam.runners.worker.data_plane import (
+        SizeBasedBufferingClosableOutputStream,
+    )
+    from apache_beam.utils.counters import CounterFactory
+
+    from curate import local_worker
+
+    local_worker.release_output_streams()
+    local_worker.release_output_streams()  # a second call changes nothing
+    counters = CounterFactory()
+    op = bundle_processor.DataOutputOperation(
+        common.NameContext("out"), "out", {}, counters, statesampler.StateSampler("s", counters),
+        coders.WindowedValueCoder(coders.BytesCoder()), "t", None)
+    sent = []
+    for bundle in range(2):
+        op.set_output_stream(SizeBasedBufferingClosableOutputStream(close_callback=sent.append,
+                                                                    flush_callback=sent.append))
+        op.start()
+        for i in range(3):
+            op.process(window.GlobalWindows.windowed_value(bytes([bundle]) * 5_000_000))
+        op.finish()
+        assert op.output_stream is None
+    values = [v.value for chunk in sent if chunk
+              for v in _decode_all(chunk, coders.WindowedValueCoder(coders.BytesCoder()))]
+    assert values == [bytes([0]) * 5_000_000] * 3 + [bytes([1]) * 5_000_000] * 3
+
+
+def _decode_all(chunk: bytes, coder) -> list:
+    stream, out = create_InputStream(chunk), []
+    while stream.size() > 0:
+        out.append(coder.get_impl().decode_from_stream(stream, True))
+    return out

@@ -1,0 +1,51 @@
+"""The worker process Beam's local runner starts under curate: Beam's own SDK worker
+(``apache_beam.runners.worker.sdk_worker_main``) with its finished bundles' output buffers released.
+
+    python -m curate.local_worker        (started by the runner: curate.local_runner.curate_workers)
+
+A Beam 2.77 worker keeps the bundle processor of every stage it ran for reuse, and with it each
+output's last stream, whose buffer grew to the data plane's 10 MB flush threshold and never
+shrinks (``coders.stream.OutputStream``). A pipeline of dozens of stages therefore holds ~10 MB per
+stage output once shares pass 10 MB: memory that grows with the corpus up to a few hundred MB
+(measured: README "Memory as the corpus grows"). ``release_output_streams`` drops a stream once
+its bundle has sent it; the next bundle of the stage gets a new one from Beam as it always does.
+Nothing in Beam can be set to do this, so the method is wrapped; the worker is otherwise Beam's.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("curate")
+
+_PATCHED = "_curate_releases_output_stream"
+
+
+def release_output_streams() -> None:
+    """Wrap DataOutputOperation.finish to drop the output stream it just closed (once per process)."""
+    from apache_beam.runners.worker import bundle_processor
+
+    operation = bundle_processor.DataOutputOperation
+    original = operation.finish
+    if getattr(original, _PATCHED, False):
+        return
+
+    def finish(self) -> None:
+        original(self)
+        # Beam sets a fresh stream at the start of every bundle (set_output_stream): nothing reads it after
+        self.output_stream = None
+
+    setattr(finish, _PATCHED, True)
+    finish.__wrapped__ = original
+    operation.finish = finish
+
+
+def main() -> None:
+    release_output_streams()
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
+
+
+if __name__ == "__main__":
+    main()
