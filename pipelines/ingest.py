@@ -50,7 +50,7 @@ def settings(cfg: dict) -> Settings:
     token = cfg["ingest.user_agent_token"]
     return Settings(
         samples_per_shard=cfg["ingest.samples_per_shard"], thread_count=cfg["ingest.thread_count"],
-        timeout=cfg["ingest.timeout"], retries=cfg["ingest.retries"], image_size=cfg["ingest.image_size"],
+        timeout=cfg["ingest.timeout"], image_size=cfg["ingest.image_size"],
         resize_mode=cfg["ingest.resize_mode"], resize_only_if_bigger=cfg["ingest.resize_only_if_bigger"],
         min_image_size=cfg["ingest.min_image_size"], max_aspect_ratio=cfg["ingest.max_aspect_ratio"],
         max_image_pixels=cfg["ingest.max_image_pixels"], encode_format=cfg["ingest.encode_format"],
@@ -60,12 +60,7 @@ def settings(cfg: dict) -> Settings:
         disallowed_header_directives=directives,
         policy=guard.Policy.from_config(cfg["ingest.max_image_bytes"], cfg["ingest.deadline_seconds"],
                                         cfg["ingest.allow_networks"], cfg["ingest.check_content_type"]),
-        limits=polite.Limits(
-            per_host_connections=cfg["ingest.per_host_connections"], per_host_rate=cfg["ingest.per_host_rate"],
-            retries=cfg["ingest.retries"], backoff_base=cfg["ingest.backoff_base"],
-            backoff_max=cfg["ingest.backoff_max"], backoff_jitter=cfg["ingest.backoff_jitter"],
-            max_retry_after=cfg["ingest.max_retry_after"], respect_robots_txt=cfg["ingest.respect_robots_txt"],
-            respect_tdmrep=cfg["ingest.respect_tdmrep"], dns_ttl=cfg["ingest.dns_ttl"]),
+        limits=polite.Limits.from_config(cfg),
         # URL and domain lists before any request, hash lists on the downloaded bytes (polite.Session)
         lists=list_steps.from_config(cfg) or None)
 

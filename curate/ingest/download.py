@@ -207,7 +207,7 @@ def _downloader(settings: Settings, folder: str, column_list: list[str], session
         extract_exif=settings.extract_exif, output_folder=folder, column_list=column_list,
         timeout=settings.timeout, number_sample_per_shard=settings.samples_per_shard,
         oom_shard_count=OOM_SHARD_COUNT, compute_hash=settings.compute_hash, verify_hash_type=None,
-        encode_format=settings.encode_format, retries=settings.retries,
+        encode_format=settings.encode_format, retries=settings.limits.retries,  # unused: polite retries
         user_agent_token=settings.user_agent_token,
         disallowed_header_directives=list(settings.disallowed_header_directives) or None)
 

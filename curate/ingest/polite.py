@@ -19,6 +19,7 @@ caches and pauses (README "Ingest", "Politeness").
 """
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import heapq
 import json
@@ -41,17 +42,23 @@ SITE_FILE_MAX_BYTES = 512 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """The ``ingest.*`` politeness settings (pipelines/specs.py holds their defaults and meaning)."""
-    per_host_connections: int = 4  # 0 = no limit
-    per_host_rate: float = 10.0    # request starts per second; 0 = no limit
-    retries: int = 2
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    backoff_jitter: float = 0.5
-    max_retry_after: float = 120.0
-    respect_robots_txt: bool = True
-    respect_tdmrep: bool = True
-    dns_ttl: float = 300.0         # 0 = resolve at every connect
+    """The ``ingest.*`` politeness settings of the same names (pipelines/specs.py holds their
+    defaults and meaning; ``from_config`` reads them)."""
+    per_host_connections: int  # 0 = no limit
+    per_host_rate: float       # request starts per second; 0 = no limit
+    retries: int
+    backoff_base: float
+    backoff_max: float
+    backoff_jitter: float
+    max_retry_after: float
+    respect_robots_txt: bool
+    respect_tdmrep: bool
+    dns_ttl: float             # 0 = resolve at every connect
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Limits":
+        """Each field from the config key ``ingest.<field>``."""
+        return cls(**{f.name: cfg[f"ingest.{f.name}"] for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)

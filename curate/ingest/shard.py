@@ -60,7 +60,6 @@ class Settings:
     samples_per_shard: int
     thread_count: int
     timeout: float
-    retries: int
     image_size: int
     resize_mode: str
     resize_only_if_bigger: bool
@@ -74,9 +73,9 @@ class Settings:
     user_agent_token: str | None
     disallowed_header_directives: tuple
     policy: guard.Policy
-    limits: polite.Limits = polite.Limits()
-    lists: blocklist.Blocklists | None = None  # block and opt-out lists: URL, domain and hash lists apply at ingest
-    reduced_decode: bool = True  # large JPEGs decoded at 1/2-1/8 scale before the resize (curate/ingest/resize.py)
+    limits: polite.Limits
+    lists: blocklist.Blocklists | None  # block and opt-out lists: URL, domain and hash lists apply at ingest
+    reduced_decode: bool  # large JPEGs decoded at 1/2-1/8 scale before the resize (curate/ingest/resize.py)
 
     @property
     def oom_samples(self) -> int:
