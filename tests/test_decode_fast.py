@@ -139,10 +139,17 @@ def test_exports_decode_each_image_once(tmp_path, monkeypatch):
     assert len(glob.glob(f"{out}/llava/images/00000/*.jpg")) == 11
 
 
+def full_and_reduced(data: bytes, resizer) -> tuple[bytes, bytes]:
+    """The Resizer's output for ``data`` with a full decode and with ingest's reduced decode."""
+    from curate.ingest.resize import ReducedDecodeResizer
+
+    return resizer(io.BytesIO(data))[0], ReducedDecodeResizer(resizer)(io.BytesIO(data))[0]
+
+
 def test_ingest_resizer_decodes_large_jpegs_reduced_and_the_rest_as_img2dataset(monkeypatch):
     from img2dataset.resizer import Resizer
 
-    from curate.ingest.resize import ReducedDecodeResizer, full_and_reduced, reduction
+    from curate.ingest.resize import ReducedDecodeResizer, reduction
 
     assert reduction(1024, 768, 256, Resizer(256, "keep_ratio", False).resize_mode) == 2
     assert reduction(1024, 768, 512, Resizer(512, "keep_ratio_largest", True).resize_mode) == 2
@@ -164,8 +171,6 @@ def test_ingest_resizer_decodes_large_jpegs_reduced_and_the_rest_as_img2dataset(
 @pytest.mark.parametrize("mode", ["center_crop", "border"])
 def test_ingest_resizer_other_modes_keep_the_output_size(mode):
     from img2dataset.resizer import Resizer
-
-    from curate.ingest.resize import full_and_reduced
 
     full, fast = full_and_reduced(WEB, Resizer(200, mode, False))
     a, b = (Image.open(io.BytesIO(x)).convert("RGB") for x in (full, fast))

@@ -15,13 +15,13 @@ too large, aspect ratio), so those keep its exact bytes and error messages.
 """
 from __future__ import annotations
 
-import io
-
 import albumentations as A
 import cv2
 import numpy as np
 from img2dataset.resizer import ResizeMode
 from PIL import Image
+
+from curate.filters.image import reduced_scale
 
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # cv2.IMREAD_UNCHANGED, the Resizer's flag, ignores EXIF orientation; so must the reduced decode.
@@ -30,17 +30,20 @@ _FIT_SHORT = (ResizeMode.keep_ratio, ResizeMode.center_crop)
 _FIT_LONG = (ResizeMode.border, ResizeMode.keep_ratio_largest)
 
 
-def reduction(width: int, height: int, image_size: int, resize_mode: ResizeMode) -> int:
-    """1, 2, 4 or 8: the largest JPEG DCT scale denominator that keeps the side ``resize_mode`` fits to
-    ``image_size`` (the shorter for keep_ratio and center_crop, the longer for border and
-    keep_ratio_largest) at or above ``image_size``; 1 (full decode) for an image under twice that."""
+def fitted_side(width: int, height: int, resize_mode: ResizeMode) -> int | None:
+    """The side img2dataset's resize brings to ``image_size``: the shorter for keep_ratio and
+    center_crop, the longer for border and keep_ratio_largest; None for ``no``."""
     if resize_mode in _FIT_SHORT:
-        side = min(width, height)
-    elif resize_mode in _FIT_LONG:
-        side = max(width, height)
-    else:
-        return 1
-    return next((s for s in (8, 4, 2) if side // s >= image_size), 1)
+        return min(width, height)
+    return max(width, height) if resize_mode in _FIT_LONG else None
+
+
+def reduction(width: int, height: int, image_size: int, resize_mode: ResizeMode) -> int:
+    """1, 2, 4 or 8: the largest JPEG DCT scale denominator that keeps the side ``resize_mode`` fits
+    (``fitted_side``) at or above ``image_size`` (``reduced_scale``'s rule for that side); 1 (full
+    decode) for an image under twice that, or resize mode ``no``."""
+    side = fitted_side(width, height, resize_mode)
+    return 1 if side is None else reduced_scale(side, side, image_size)
 
 
 class ReducedDecodeResizer:
@@ -93,8 +96,7 @@ def fitted_size(width: int, height: int, image_size: int, resize_mode: ResizeMod
     """(width, height) after img2dataset's resize of a ``width`` x ``height`` image, before any crop or
     border: albumentations 1.4's SmallestMaxSize / LongestMaxSize (scale = image_size over the fitted
     side, each side rounded). Computed from the full size, so a reduced decode lands on it exactly."""
-    fitted = min(width, height) if resize_mode in _FIT_SHORT else max(width, height)
-    scale = image_size / fitted
+    scale = image_size / fitted_side(width, height, resize_mode)
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -103,7 +105,7 @@ def resize_like_img2dataset(img: np.ndarray, r, width: int, height: int) -> np.n
     keep_ratio_largest (its code: SmallestMaxSize / LongestMaxSize, then CenterCrop or PadIfNeeded
     with white), on a BGR image decoded at reduced size from a ``width`` x ``height`` one: to the
     size (``fitted_size``) and with the interpolation the Resizer gives the full image."""
-    fitted = min(width, height) if r.resize_mode in _FIT_SHORT else max(width, height)
+    fitted = fitted_side(width, height, r.resize_mode)
     interpolation = r.downscale_interpolation if fitted > r.image_size else r.upscale_interpolation
     out_w, out_h = fitted_size(width, height, r.image_size, r.resize_mode)
     img = A.Resize(height=out_h, width=out_w, interpolation=interpolation, p=1.0)(image=img)["image"]
@@ -115,9 +117,3 @@ def resize_like_img2dataset(img: np.ndarray, r, width: int, height: int) -> np.n
         img = A.PadIfNeeded(min_height=r.image_size, min_width=r.image_size, border_mode=cv2.BORDER_CONSTANT,
                             value=[255, 255, 255], p=1.0)(image=img)["image"]
     return img
-
-
-def full_and_reduced(data: bytes, resizer) -> tuple[bytes, bytes]:
-    """The Resizer's output for ``data`` with a full decode and with this module's reduced decode
-    (the tests compare them)."""
-    return resizer(io.BytesIO(data))[0], ReducedDecodeResizer(resizer)(io.BytesIO(data))[0]
