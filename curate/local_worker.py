@@ -1,5 +1,6 @@
 """The worker process Beam's local runner starts under curate: Beam's own SDK worker
-(``apache_beam.runners.worker.sdk_worker_main``) with its finished bundles' output buffers released.
+(``apache_beam.runners.worker.sdk_worker_main``) with its finished bundles' output buffers released
+and curate's log lines printed.
 
     python -m curate.local_worker        (started by the runner: curate.local_runner.curate_workers)
 
@@ -10,6 +11,10 @@ stage output once shares pass 10 MB: memory that grows with the corpus up to a f
 (measured: README "Memory as the corpus grows"). ``release_output_streams`` drops a stream once
 its bundle has sent it; the next bundle of the stage gets a new one from Beam as it always does.
 Nothing in Beam can be set to do this, so the method is wrapped; the worker is otherwise Beam's.
+
+Beam sends a worker's log records to the runner, whose job service logs each as a one-line
+protobuf dump; ``log_to_stderr`` prints curate's (the progress lines: one per shard, one per
+1,000 samples scored) on the worker's stderr, the CLI's, as the CLI prints them in one process.
 """
 from __future__ import annotations
 
@@ -40,8 +45,18 @@ def release_output_streams() -> None:
     operation.finish = finish
 
 
+def log_to_stderr() -> None:
+    """curate's log records on this process's stderr, as the CLI formats them, and not also sent
+    to the runner (curate.run keeps the job service's repeats of worker records to errors)."""
+    from curate import progress
+
+    log.addHandler(progress.line_handler(sys.stderr))
+    log.propagate = False
+
+
 def main() -> None:
     release_output_streams()
+    log_to_stderr()
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv)

@@ -10,8 +10,12 @@ one per shard or per 1,000 samples scored. A stage calls ``advance`` and logs it
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import threading
+
+# How a log line looks, in the CLI process and in local worker processes alike.
+LOG_FORMAT, LOG_DATEFMT = "%(asctime)s %(name)s: %(message)s", "%H:%M:%S"
 
 _lock = threading.Lock()
 _stream = None  # where bars are drawn; None: bars are off in this process
@@ -35,6 +39,13 @@ def on_terminal(stream):
     finally:
         close()
         _stream = None
+
+
+def line_handler(stream) -> logging.Handler:
+    """A handler writing log lines to ``stream`` as the CLI writes its own."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt=LOG_DATEFMT))
+    return handler
 
 
 def active() -> bool:

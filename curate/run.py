@@ -231,8 +231,8 @@ def _check_overwrite(out: str, overwrite: bool, run_id: bytes, previous: bytes |
                          f"over (nothing else there is touched), or {elsewhere}")
     if not overwrite:
         raise UsageError(f"output folder {out!r} already holds {holder} with other settings ({', '.join(found)}); "
-                         f"pass --overwrite to replace {'it' if len(found) == 1 else 'them'} (nothing else there "
-                         f"is touched), or {elsewhere}")
+                         f"pass --overwrite to replace {'it' if len(found) == 1 else 'them'} (only what that "
+                         f"run wrote is replaced), or {elsewhere}")
 
 
 def read_paths(spec: PipelineSpec, cfg: dict) -> dict[str, str]:
@@ -295,6 +295,11 @@ def sample_corpus(out: str, cfg: dict) -> str:
     return corpus
 
 
+# Files of this run's own that no rerun needs (the local workers' options): os._exit skips the
+# cleanup of the blocks that wrote them.
+_REMOVE_ON_CTRL_C: list[str] = []
+
+
 @contextlib.contextmanager
 def _local_worker_log_levels(out: str, options):
     """Give local multi-process workers the log levels of ``options``.
@@ -316,10 +321,12 @@ def _local_worker_log_levels(out: str, options):
         json.dump({"options": {"default_sdk_harness_log_level": w.default_sdk_harness_log_level,
                                "sdk_harness_log_level_overrides": w.sdk_harness_log_level_overrides}}, f)
     os.environ["PIPELINE_OPTIONS_FILE"] = path
+    _REMOVE_ON_CTRL_C.append(path)
     try:
         yield
     finally:
         del os.environ["PIPELINE_OPTIONS_FILE"]
+        _REMOVE_ON_CTRL_C.remove(path)
         os.remove(path)
 
 
@@ -394,6 +401,9 @@ def _ctrl_c_exits(message: str, local_workers: bool = False):
 
     def stop(_signum, _frame):
         stopping.set()
+        for path in _REMOVE_ON_CTRL_C:
+            with contextlib.suppress(OSError):
+                os.remove(path)
         os.write(stderr, f"interrupted: {message}\n".encode())
         os._exit(130)
 
@@ -540,11 +550,12 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format=progress.LOG_FORMAT, datefmt=progress.LOG_DATEFMT)
     logging.getLogger("curate").setLevel(logging.INFO)
     # Beam warns about optional GCP client libraries at import; irrelevant unless on Dataflow.
     logging.getLogger().addFilter(lambda record: "apitools" not in record.getMessage())
-    # Local workers print their own log lines; the job service would repeat each one.
+    # Local workers print their own log lines (curate.local_worker); the job service would repeat
+    # each one as a protobuf dump.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
         with progress.on_terminal(sys.stderr):  # bars for the long stages; log lines when not a terminal

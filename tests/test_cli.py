@@ -334,6 +334,7 @@ def test_ctrl_c_with_local_worker_processes_prints_one_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.splitlines()[-1].startswith(f"interrupted: the laion_filter run in {out}")
+    assert not (out / ".worker_options.json").exists()  # the workers' options go with the run (a trial found it left)
 
 
 def test_a_sample_corpus_folder_curate_did_not_write_is_never_deleted(tmp_path):

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 from collections import defaultdict
 
 import pyarrow.parquet as pq
@@ -149,10 +150,17 @@ def test_rerun_is_byte_identical(result, corpus, tmp_path):
     _assert_same_outputs(out, str(tmp_path))
 
 
-def test_two_worker_processes_give_the_same_bytes(result, corpus, tmp_path):
+def test_two_worker_processes_give_the_same_bytes_and_log_their_progress(result, corpus, tmp_path, capfd):
     out, *_ = result
     laion_filter(corpus, str(tmp_path), "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     _assert_same_outputs(out, str(tmp_path))
+    # the workers' own lines, on the stderr they share with the CLI (a trial saw none of them)
+    err = capfd.readouterr().err
+    shards = sorted(os.listdir(corpus))
+    tars = [n for n in shards if n.endswith(".tar")]
+    for i, name in enumerate(tars, 1):
+        assert re.search(rf"\d\d:\d\d:\d\d curate: reading shard {i}/{len(tars)} {name}\n", err), err[-3000:]
+    assert "severity" not in err  # no job-service protobuf dumps
 
 
 def test_report_and_summary(result, capsys):
