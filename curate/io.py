@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
+from webdataset.tariterators import base_plus_ext
 
 from curate import fs
 
@@ -102,22 +103,28 @@ def write_tar(path: str, members: list[tuple[str, dict]]) -> None:
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
-    """``dir/KEY.ext.more`` -> (``dir/KEY``, ``ext.more``), as WebDataset groups members."""
-    base = os.path.basename(name)
-    if "." not in base:
-        return None
-    stem, ext = base.split(".", 1)
-    prefix = os.path.dirname(name)
-    return (f"{prefix}/{stem}" if prefix else stem), ext.lower()
+    """``dir/KEY.ext.more`` -> (``dir/KEY``, ``ext.more``) exactly as WebDataset groups members
+    (its own ``base_plus_ext``: the folder part kept as written, ``./`` and ``//`` included), the
+    extension lower-cased; None for a name WebDataset skips (no dot, or a dot first: ``.hidden``)."""
+    key, ext = base_plus_ext(name)
+    return None if key is None else (key, ext.lower())
+
+
+def canonical_key(key: str) -> str:
+    """``key`` without empty and ``.`` folder parts: ``./a`` and ``d//e`` name the files ``a`` and
+    ``d/e`` wherever they are extracted, so that is the sample's key (webdataset keeps the spelling,
+    and two spellings of one path would overwrite each other's files downstream)."""
+    return "/".join(part for part in key.split("/") if part not in ("", "."))
 
 
 def is_safe_key(key: str) -> bool:
-    """A key that can name files anywhere downstream: relative, no '..' part, no backslash or NUL.
+    """A key that can name files anywhere downstream: relative, no '..' part, no backslash or NUL,
+    and something left once empty and '.' parts are dropped (``canonical_key``).
 
     Keys become member names of the curated tars, and whoever extracts those must not be led out
     of their folder.
     """
-    return bool(key) and not key.startswith("/") and ".." not in key.split("/") and not any(
+    return bool(canonical_key(key)) and not key.startswith("/") and ".." not in key.split("/") and not any(
         c in key for c in "\\\x00")
 
 

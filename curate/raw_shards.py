@@ -15,6 +15,7 @@ from curate.io import (
     IMAGE_EXTS,
     TarGroup,
     TarReadError,
+    canonical_key,
     is_safe_key,
     is_shard_name,
     iter_tar_groups,
@@ -58,6 +59,8 @@ def read_problem(group: TarGroup) -> tuple[str, str] | None:
     A key that comes back after other keys' members is read as webdataset reads it, as a second
     sample: a whole one (image and caption) goes on, and ``UniqueKeys`` keeps one of the two
     (``duplicate_key``); a part (a stray caption, image or json) is refused as ``split_sample``.
+    Two spellings of one path (``./a`` and ``a``) are two samples, as in webdataset, with one
+    canonical key (``read_shard``): ``UniqueKeys`` keeps one of them the same way.
     """
     if not is_safe_key(group.key):
         return UNSAFE_KEY, f"member name {group.key!r}"
@@ -88,8 +91,10 @@ def read_shard(shard_index: int, path: str, total: int):
             if item is None:
                 break
             count += 1
-            raw = RawSample(item.key, shard_index, path, count - 1, item.fields)
             problem = read_problem(item)
+            # an unsafe key's row shows it as written; any other sample goes on under its canonical key
+            key = item.key if problem and problem[0] == UNSAFE_KEY else canonical_key(item.key)
+            raw = RawSample(key, shard_index, path, count - 1, item.fields)
             if problem is None:
                 yield MAIN, raw
             else:

@@ -1,6 +1,7 @@
 """Hostile and broken raw shards: the run completes, each bad sample gets its own reason, nothing
 is written outside the output folder, and input == kept + dropped."""
 import io
+import json
 import os
 import tarfile
 
@@ -161,7 +162,8 @@ def test_nothing_written_outside_the_output_folder(hostile):
 
 
 @pytest.mark.parametrize("key,safe", [("000123", True), ("dir/000123", True), ("", False),
-                                      ("/abs", False), ("../x", False), ("a/../b", False), ("a\\b", False)])
+                                      ("/abs", False), ("../x", False), ("a/../b", False), ("a\\b", False),
+                                      ("./a", True), ("d//e", True), ("./", False), ("././", False)])
 def test_safe_keys(key, safe):
     assert is_safe_key(key) is safe
 
@@ -215,3 +217,36 @@ def test_a_key_clash_never_costs_the_copy_of_the_losing_image(tmp_path):
     assert rows[("00000.tar", "k")]["kept"]
     assert rows[("00001.tar", "k")]["reason"] == "duplicate_key" and rows[("00001.tar", "k")]["stage"] == "unique_keys"
     assert rows[("00001.tar", "copy")]["kept"], rows[("00001.tar", "copy")]
+
+
+def test_spellings_of_one_path_are_webdatasets_samples_under_one_key_and_every_key_exports(tmp_path):
+    """A trial found './c' and 'c' both kept (the LLaVA export then gave one the other's image),
+    'd//e' merged into 'd/e' (a sample fewer than webdataset reads), and keys 'a' and 'a.jpg/b' crash
+    the LLaVA export (a.jpg wanted as a file and as a folder)."""
+    import webdataset as wds
+
+    names = ["b", "./c", "c", "d//e", "d/e", "a", "a.jpg/b"]
+    (tmp_path / "in").mkdir()
+    photos = {name: _photo(20 + i)[0] for i, name in enumerate(names)}
+    _shard(tmp_path / "in" / "00000.tar", list(photos.items()))
+    read = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "in" / "00000.tar"), shardshuffle=False)]
+    assert read == names  # webdataset's own samples
+    out = tmp_path / "out"
+    run.run(["--pipeline", "laion_filter", "--input", str(tmp_path / "in"), "--output", str(out),
+             "--set", "select.clip_threshold=-1", "--set", "dedup.near=false"])
+    rows = sorted(pq.read_table(out / "decisions").to_pylist(), key=lambda r: r["source_index"])
+    assert [r["source_index"] for r in rows] == list(range(len(names)))  # one row per webdataset sample
+    assert [(r["key"], r["kept"] or r["reason"]) for r in rows] == [
+        ("b", True), ("c", True), ("c", "duplicate_key"), ("d/e", True), ("d/e", "duplicate_key"),
+        ("a", True), ("a.jpg/b", True)]
+    members = tarfile.open(out / "shards" / "00000.tar").getnames()
+    assert not any(m.startswith("./") or "//" in m for m in members)
+    assert run.run(["--pipeline", "export", "--input", str(out / "shards"), "--output", str(tmp_path / "exp"),
+                    "--set", "formats=[llava]"])
+    llava = tmp_path / "exp" / "llava"
+    records = {r["id"]: r["image"] for r in json.load(open(llava / "chat.json"))}
+    assert sorted(records) == ["a", "a.jpg/b", "b", "c", "d/e"]
+    kept_from = {"b": "b", "c": "./c", "d/e": "d//e", "a": "a", "a.jpg/b": "a.jpg/b"}  # the first spelling wins
+    for key, image in records.items():  # each entry opens its own sample's image
+        assert (llava / "images" / image).read_bytes() == photos[kept_from[key]], key
+    assert len(set(records.values())) == len(records)

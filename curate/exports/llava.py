@@ -3,8 +3,9 @@
 ``OUT_DIR/chat.json`` is a list (LLaVA-Pretrain's ``blip_laion_cc_sbu_558k.json`` layout) of
 ``{"id": KEY, "image": "NNNNN/KEY.jpg", "conversations": [{"from": "human", "value": PROMPT},
 {"from": "gpt", "value": CAPTION}]}``; ``OUT_DIR/images/NNNNN/KEY.jpg`` holds the curated image
-bytes unchanged (LLaVA opens them with PIL, any format). Train with ``--data_path OUT_DIR/chat.json
---image_folder OUT_DIR/images``. The human turn is one of ``llava.prompts``, picked per key by a
+bytes unchanged (LLaVA opens them with PIL, any format; the extension is the image's format: jpg,
+png, webp ...), KEY written as one file name (``image_file_name``: ``/`` becomes ``%2F``). Train
+with ``--data_path OUT_DIR/chat.json --image_folder OUT_DIR/images``. The human turn is one of ``llava.prompts``, picked per key by a
 hash (LLaVA's pretraining set draws a brief-description instruction per sample likewise).
 """
 from __future__ import annotations
@@ -28,6 +29,14 @@ def pick_prompt(key: str, prompts: list[str]) -> str:
     return prompts[int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % len(prompts)]
 
 
+def image_file_name(key: str) -> str:
+    """``key`` as one file name: ``%`` and ``/`` percent-encoded (``a/b`` -> ``a%2Fb``), so no key's
+    image is a folder another key's image needs (keys ``a`` and ``a.jpg/b`` would otherwise want
+    ``a.jpg`` as a file and as a folder) and different keys never share a name (the encoding is
+    one-to-one). An img2dataset key has neither character and keeps its spelling."""
+    return key.replace("%", "%25").replace("/", "%2F")
+
+
 def conversation(key: str, image: str, caption: str, prompts: list[str]) -> dict:
     """One LLaVA pretraining record: the image placeholder in the human turn, the caption as the answer."""
     return {"id": key, "image": image, "conversations": [
@@ -44,7 +53,7 @@ class _WriteLlavaImages(beam.DoFn):
         name, records = shard_name(shard_path(shard)), []
         with timed("export_llava"):
             for sample, _image in exportable(shard):
-                image = f"{name}/{sample.key}.{sample.image_ext}"
+                image = f"{name}/{image_file_name(sample.key)}.{sample.image_ext}"
                 target = fs.join(self._out_dir, "images", image)
                 fs.makedirs(fs.dirname(target))
                 write_bytes(target, sample.image)
