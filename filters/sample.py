@@ -40,10 +40,12 @@ class Verdict:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def clean_caption(text: str) -> str:
-    """Control characters (other than tab and newline) become spaces: they break tokenisers and
-    JSON consumers, and no caption means them."""
-    return _CONTROL.sub(" ", text)
+def read_caption(data: bytes) -> str:
+    """A caption member's text: UTF-8 (raises UnicodeDecodeError otherwise), without the byte-order
+    mark Windows editors put first (``utf-8-sig``: it is no part of the caption), control characters
+    (other than tab and newline) as spaces: they break tokenisers and JSON consumers, and no caption
+    means them."""
+    return _CONTROL.sub(" ", data.decode("utf-8-sig"))
 
 
 # Where each kind of list is first possible on a raw shard's sample: URL, domain and byte-hash lists
@@ -100,7 +102,7 @@ def decode_sample(raw: RawSample, max_image_pixels: int = PIL_DEFAULT_MAX_PIXELS
     if "txt" not in raw.fields:
         return Verdict(sample, reason=MISSING_CAPTION, stage=DECODE, detail=members)
     try:
-        caption = clean_caption(raw.fields["txt"].decode("utf-8"))
+        caption = read_caption(raw.fields["txt"])
     except UnicodeDecodeError as e:
         return Verdict(sample, reason=CAPTION_NOT_UTF8, stage=DECODE, detail=str(e))
     # Sample is frozen (elements are never mutated once emitted): each step makes a new one.

@@ -250,3 +250,13 @@ def test_spellings_of_one_path_are_webdatasets_samples_under_one_key_and_every_k
     for key, image in records.items():  # each entry opens its own sample's image
         assert (llava / "images" / image).read_bytes() == photos[kept_from[key]], key
     assert len(set(records.values())) == len(records)
+
+
+def test_a_caption_file_reads_without_its_byte_order_mark_and_control_characters():
+    """A trial found a Windows editor's byte-order mark kept as the caption's first character."""
+    from curate.filters.sample import read_caption
+
+    assert read_caption("\ufeff红色的汽车停在路边\r\n".encode()) == "红色的汽车停在路边 \n"
+    assert read_caption("a\ufeffb".encode()) == "a\ufeffb"  # inside a caption it is not a mark of the file
+    with pytest.raises(UnicodeDecodeError):
+        read_caption(b"\xff\xfe caption")

@@ -36,7 +36,7 @@ from curate.exports.writing import (
 )
 from curate.filters import basic
 from curate.filters.image import decode_image
-from curate.filters.sample import clean_caption
+from curate.filters.sample import read_caption
 from curate.gather import GatherSmall
 from curate.io import (
     IMAGE_EXTS,
@@ -280,7 +280,7 @@ class _TextCandidates(beam.DoFn):
             if "txt" not in fields:
                 continue
             try:
-                caption = clean_caption(fields["txt"].decode("utf-8"))
+                caption = read_caption(fields["txt"])
             except UnicodeDecodeError:
                 continue
             if not caption_passes(caption, self._filters):
