@@ -250,11 +250,14 @@ def read_paths(spec: PipelineSpec, cfg: dict) -> dict[str, str]:
 
 
 def missing_files(spec: PipelineSpec, cfg: dict) -> None:
-    """A list or head file (``KEY[i]`` of ``read_paths``) that does not exist: a ConfigError before the
-    pipeline's imports (what is inside each file is checked by the pipeline's own validate)."""
+    """A list or head file (``KEY[i]`` of ``read_paths``), or an input path that is no glob, that does
+    not exist: an error before the pipeline's imports, which take seconds (what is inside each is
+    checked later: the input's shards by ``list_input_shards``, a file by the pipeline's validate)."""
     for key, path in read_paths(spec, cfg).items():
         if "[" in key and not fs.exists(path):
             raise config_lib.ConfigError(f"config error: {key}: {path} does not exist")
+        if key == "input" and not any(c in path for c in "*?[") and not fs.exists(path):
+            raise UsageError(f"input {path!r} does not exist")
 
 
 def check_sample_corpus_folder(out: str) -> None:

@@ -233,7 +233,7 @@ def test_every_table_format_reads_the_same(tmp_path):
 
 @pytest.mark.parametrize("args,expect", [
     ([], "ingest needs --input"),
-    (["--input", "/nonexistent/urls.parquet"], "no URL table"),
+    (["--input", "/nonexistent/urls.parquet"], "input '/nonexistent/urls.parquet' does not exist"),
     (["--set", "ingest.allow_networks=everything"], "not a network"),
     # OpenCV's decoder refuses more than 2**30 pixels whatever the cap says
     (["--set", "ingest.max_image_pixels=1073741825"], "ingest.max_image_pixels must be an integer >= 1 and <= 1073741824"),
