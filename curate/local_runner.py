@@ -13,13 +13,14 @@ five. The bytes, their order and each worker's share are unchanged. Nothing in B
 do this, so the two methods are replaced; runners other than the local one never call them.
 
 ``curate_workers`` has the runner start its worker processes as ``python -m curate.local_worker``
-(Beam's worker with its finished bundles' output buffers released), and ``worker_malloc`` gives
-them bounded malloc arenas; ``prepared`` is the three together, what ``python -m curate.run`` does
-around its runs.
+(Beam's worker with its finished bundles' output buffers released), and ``worker_environment``
+gives them bounded malloc arenas and the run's log levels; ``prepared`` is the three together,
+what ``python -m curate.run`` does around its runs.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -32,21 +33,22 @@ _PATCHED = "_curate_patched"
 
 BEAM_WORKER = "apache_beam.runners.worker.sdk_worker_main"  # FnApiRunner's multi_processing command
 CURATE_WORKER = "curate.local_worker"
+OPTIONS_ENV = "CURATE_WORKER_OPTIONS"  # the run's worker options, for curate.local_worker
 
 # glibc's malloc in local worker processes: 2 arenas, not 8 per core, and blocks of 1 MiB or more
 # always mapped (so returned when freed), not a threshold that rises with the largest block freed.
 # Without them a worker keeps the peak of every stage's temporaries (measured: README "Memory as the
-# corpus grows"). A value the user set is kept.
+# corpus grows").
 WORKER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 @contextlib.contextmanager
-def prepared():
+def prepared(options=None):
     """Beam's local runner as curate runs it, for the block's duration: grouped input streamed to the
-    workers, curate's worker processes, their malloc settings."""
+    workers, curate's worker processes, their environment (``worker_environment``)."""
     stream_to_workers()
     curate_workers()
-    with worker_malloc():
+    with worker_environment(options):
         yield
 
 
@@ -70,16 +72,31 @@ def curate_workers() -> None:
 
 
 @contextlib.contextmanager
-def worker_malloc():
-    """WORKER_MALLOC in the environment the runner starts its worker processes with (glibc reads it
-    at a process's start: this process is unaffected), for the block's duration."""
-    added = {k: v for k, v in WORKER_MALLOC.items() if k not in os.environ}
+def worker_environment(options=None):
+    """The environment the runner starts its worker processes with, for the block's duration (a value
+    the user set wins): WORKER_MALLOC (glibc reads it at a process's start: this process is
+    unaffected), and ``options``' worker log levels under OPTIONS_ENV, which curate.local_worker
+    hands to Beam's worker: FnApiRunner starts its workers with empty pipeline options, so they
+    would log every gRPC step at INFO and bury the progress lines."""
+    added = {k: v for k, v in {**WORKER_MALLOC, **_log_levels(options)}.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+def _log_levels(options) -> dict[str, str]:
+    """{OPTIONS_ENV: the pipeline options JSON Beam's worker reads, holding ``options``' log levels}."""
+    if options is None:
+        return {}
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    w = options.view_as(WorkerOptions)
+    return {OPTIONS_ENV: json.dumps({"options": {
+        "default_sdk_harness_log_level": w.default_sdk_harness_log_level,
+        "sdk_harness_log_level_overrides": w.sdk_harness_log_level_overrides}})}
 
 
 def stream_to_workers() -> None:

@@ -15,10 +15,12 @@ Nothing in Beam can be set to do this, so the method is wrapped; the worker is o
 Beam sends a worker's log records to the runner, whose job service logs each as a one-line
 protobuf dump; ``log_to_stderr`` prints curate's (the progress lines: one per shard, one per
 1,000 samples scored) on the worker's stderr, the CLI's, as the CLI prints them in one process.
+``use_run_options`` gives the worker the run's log levels, which FnApiRunner does not pass.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 log = logging.getLogger("curate")
@@ -54,9 +56,20 @@ def log_to_stderr() -> None:
     log.propagate = False
 
 
+def use_run_options() -> None:
+    """The run's worker options (OPTIONS_ENV, from curate.local_runner.worker_environment) as the
+    pipeline options Beam's worker reads, where the runner gave it none ('{}') and no options file."""
+    from curate.local_runner import OPTIONS_ENV
+
+    given = os.environ.get(OPTIONS_ENV)
+    if given and "PIPELINE_OPTIONS_FILE" not in os.environ and os.environ.get("PIPELINE_OPTIONS", "{}") in ("", "{}"):
+        os.environ["PIPELINE_OPTIONS"] = given
+
+
 def main() -> None:
     release_output_streams()
     log_to_stderr()
+    use_run_options()
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv)

@@ -298,41 +298,6 @@ def sample_corpus(out: str, cfg: dict) -> str:
     return corpus
 
 
-# Files of this run's own that no rerun needs (the local workers' options): os._exit skips the
-# cleanup of the blocks that wrote them.
-_REMOVE_ON_CTRL_C: list[str] = []
-
-
-@contextlib.contextmanager
-def _local_worker_log_levels(out: str, options):
-    """Give local multi-process workers the log levels of ``options``.
-
-    FnApiRunner starts them with empty pipeline options, so they would log every gRPC step at
-    INFO and bury the progress lines; they do read PIPELINE_OPTIONS_FILE at start-up.
-    """
-    from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
-
-    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
-            or "PIPELINE_OPTIONS_FILE" in os.environ):
-        yield
-        return
-    w = options.view_as(WorkerOptions)
-    # Beside the outputs when local; a remote output folder is no path a local process can open.
-    path = (os.path.join(out, ".worker_options.json") if fs.is_local(out)
-            else tempfile.mkstemp(prefix="curate-worker-options-", suffix=".json")[1])
-    with open(path, "w") as f:
-        json.dump({"options": {"default_sdk_harness_log_level": w.default_sdk_harness_log_level,
-                               "sdk_harness_log_level_overrides": w.sdk_harness_log_level_overrides}}, f)
-    os.environ["PIPELINE_OPTIONS_FILE"] = path
-    _REMOVE_ON_CTRL_C.append(path)
-    try:
-        yield
-    finally:
-        del os.environ["PIPELINE_OPTIONS_FILE"]
-        _REMOVE_ON_CTRL_C.remove(path)
-        os.remove(path)
-
-
 def beam_options(beam_args: list[str]):
     """Beam's options from the remaining flags, with curate's offline-safe, quiet defaults."""
     from apache_beam.options.pipeline_options import (
@@ -404,9 +369,6 @@ def _ctrl_c_exits(message: str, local_workers: bool = False):
 
     def stop(_signum, _frame):
         stopping.set()
-        for path in _REMOVE_ON_CTRL_C:
-            with contextlib.suppress(OSError):
-                os.remove(path)
         os.write(stderr, f"interrupted: {message}\n".encode())
         os._exit(130)
 
@@ -520,11 +482,11 @@ def _execute(pipeline_name: str, module, cfg: dict, options, reads_table: bool, 
     t0, cpu0 = time.time(), process_cpu_seconds()
     build_cfg = cfg
     if pipeline_name != "ingest" and reads_table:
-        with _local_worker_log_levels(out, options), local_runner.prepared():  # URL table: OUT/raw first
+        with local_runner.prepared(options):  # URL table: OUT/raw first
             build_cfg = ingest.ingest_first(cfg, options)
     pipeline = beam.Pipeline(options=options)
     module.build(pipeline, build_cfg)
-    with _local_worker_log_levels(out, options), local_runner.prepared():
+    with local_runner.prepared(options):
         result = pipeline.run()
         result.wait_until_finish()
         if getattr(result, "client", None) is not None:  # Beam's DaskRunner leaves its client open

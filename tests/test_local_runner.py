@@ -100,7 +100,7 @@ def test_local_workers_start_with_the_malloc_settings_and_a_users_value_wins(mon
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    with local_runner.worker_malloc():
+    with local_runner.worker_environment():
         with beam.Pipeline(runner="FnApiRunner", options=options) as p:
             seen = (p | beam.Create([0, 1]) | beam.Reshuffle()
                     | beam.Map(lambda _: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_MMAP_THRESHOLD_"))))
@@ -112,17 +112,23 @@ def test_local_workers_run_curates_worker_module_under_prepared():
     from apache_beam.options.pipeline_options import PipelineOptions
 
     def worker_facts(_):
-        """(the module this worker process runs as, whether it drops finished output streams)"""
+        """(the module this worker process runs as, whether it drops finished output streams, the
+        level of its root logger: the run's, which FnApiRunner alone does not pass)"""
+        import logging
+
         from apache_beam.runners.worker import bundle_processor
 
         spec = getattr(sys.modules["__main__"], "__spec__", None)
-        return spec and spec.name, hasattr(bundle_processor.DataOutputOperation.finish, "__wrapped__")
+        return (spec and spec.name, hasattr(bundle_processor.DataOutputOperation.finish, "__wrapped__"),
+                logging.getLevelName(logging.getLogger().level))
 
-    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    with local_runner.prepared():
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                               "--default_sdk_harness_log_level=ERROR"])
+    with local_runner.prepared(options):
         with beam.Pipeline(runner="FnApiRunner", options=options) as p:
             seen = p | beam.Create([0, 1]) | beam.Reshuffle() | beam.Map(worker_facts)
-            assert_that(seen, equal_to([(local_runner.CURATE_WORKER, True)] * 2))
+            assert_that(seen, equal_to([(local_runner.CURATE_WORKER, True, "ERROR")] * 2))
+    assert local_runner.OPTIONS_ENV not in os.environ
 
 
 def test_only_beams_own_worker_command_becomes_curates(monkeypatch):
