@@ -99,6 +99,11 @@ def remove(path: str) -> None:
     fs.rm(p, recursive=True)
 
 
+def has_wildcard(path: str) -> bool:
+    """Whether ``path`` is a glob pattern (``*``, ``?`` or ``[``), as ``glob`` reads it."""
+    return any(c in path for c in "*?[")
+
+
 def glob(pattern: str) -> list[str]:
     """Sorted matches, as paths of the same kind as ``pattern`` (URLs keep their scheme)."""
     if is_local(pattern):

@@ -41,7 +41,7 @@ def list_input_shards(spec: str) -> list[str]:
     if fs.isdir(spec):
         paths = [p for p in fs.glob(fs.join(spec, "*")) if is_shard_name(p)]
     else:
-        paths = [p for p in fs.glob(spec) if is_shard_name(p)] if any(c in spec for c in "*?[") else (
+        paths = [p for p in fs.glob(spec) if is_shard_name(p)] if fs.has_wildcard(spec) else (
             [spec] if fs.isfile(spec) else [])
     if not paths:
         raise ValueError(f"no .tar, .tar.gz or .tgz shards found at {spec!r}")

@@ -256,7 +256,7 @@ def missing_files(spec: PipelineSpec, cfg: dict) -> None:
     for key, path in read_paths(spec, cfg).items():
         if "[" in key and not fs.exists(path):
             raise config_lib.ConfigError(f"config error: {key}: {path} does not exist")
-        if key == "input" and not any(c in path for c in "*?[") and not fs.exists(path):
+        if key == "input" and not fs.has_wildcard(path) and not fs.exists(path):
             raise UsageError(f"input {path!r} does not exist")
 
 
