@@ -7,7 +7,7 @@ What it runs: the shape of laion_filter on stored scores without any of its work
 ``--bytes`` random bytes (about what one stored-scores Sample with 64-d embeddings pickles to:
 benchmarks/element_sizes.py), they are grouped by a key of 1,000 values and counted. Each size runs
 twice: on Beam as it is, and with what ``python -m curate.run`` adds (curate.local_runner.prepared:
-input handed to workers in messages of about 10 MB, workers that release finished bundles' output
+input handed to workers in messages of 4-8 MB, workers that release finished bundles' output
 buffers (curate.local_worker), and malloc settings for the worker processes).
 It prints the peak RSS of every process (the runner and its workers), as
 benchmarks/scale_memory.py does for laion_filter: growth on Beam as it is is the runner's own
